@@ -1,0 +1,4 @@
+//! Everything two processes must agree on: GatewayProtocol packets, register JSON lines,
+//! PHP-serialized values.
+
+pub mod packet;
