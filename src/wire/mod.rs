@@ -2,3 +2,4 @@
 //! PHP-serialized values.
 
 pub mod packet;
+pub mod php;
