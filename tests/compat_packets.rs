@@ -14,12 +14,8 @@ use support::{Report, case_name, hex, identical, pvn_to_value, to_hex, value_to_
 const MAX_PACKET: usize = 10_485_760;
 
 /// The capture files holding GatewayProtocol packets.
-const PACKET_FILES: [&str; 4] = [
-    "gateway_to_worker.jsonl",
-    "worker_to_gateway.jsonl",
-    "queries.jsonl",
-    "gateway_effects.jsonl",
-];
+const PACKET_FILES: [&str; 4] =
+    ["gateway_to_worker.jsonl", "worker_to_gateway.jsonl", "queries.jsonl", "gateway_effects.jsonl"];
 
 /// Where in a case a check is, for failure messages.
 struct At<'a> {
@@ -44,10 +40,7 @@ fn split(bytes: &[u8]) -> Result<Vec<(Packet<'_>, &[u8])>, String> {
                 rest = &rest[n..];
             }
             Ok(None) => {
-                return Err(format!(
-                    "{} trailing bytes are not a whole packet",
-                    rest.len()
-                ));
+                return Err(format!("{} trailing bytes are not a whole packet", rest.len()));
             }
             Err(e) => return Err(format!("decode error: {e}")),
         }
@@ -72,35 +65,20 @@ fn cmd_name(code: u8) -> &'static str {
         (cmd::UNBIND_UID, "CMD_UNBIND_UID"),
         (cmd::SEND_TO_UID, "CMD_SEND_TO_UID"),
         (cmd::GET_CLIENT_ID_BY_UID, "CMD_GET_CLIENT_ID_BY_UID"),
-        (
-            cmd::BATCH_GET_CLIENT_ID_BY_UID,
-            "CMD_BATCH_GET_CLIENT_ID_BY_UID",
-        ),
+        (cmd::BATCH_GET_CLIENT_ID_BY_UID, "CMD_BATCH_GET_CLIENT_ID_BY_UID"),
         (cmd::JOIN_GROUP, "CMD_JOIN_GROUP"),
         (cmd::LEAVE_GROUP, "CMD_LEAVE_GROUP"),
         (cmd::SEND_TO_GROUP, "CMD_SEND_TO_GROUP"),
-        (
-            cmd::GET_CLIENT_SESSIONS_BY_GROUP,
-            "CMD_GET_CLIENT_SESSIONS_BY_GROUP",
-        ),
-        (
-            cmd::GET_CLIENT_COUNT_BY_GROUP,
-            "CMD_GET_CLIENT_COUNT_BY_GROUP",
-        ),
+        (cmd::GET_CLIENT_SESSIONS_BY_GROUP, "CMD_GET_CLIENT_SESSIONS_BY_GROUP"),
+        (cmd::GET_CLIENT_COUNT_BY_GROUP, "CMD_GET_CLIENT_COUNT_BY_GROUP"),
         (cmd::SELECT, "CMD_SELECT"),
         (cmd::GET_GROUP_ID_LIST, "CMD_GET_GROUP_ID_LIST"),
         (cmd::UNGROUP, "CMD_UNGROUP"),
-        (
-            cmd::BATCH_GET_CLIENT_COUNT_BY_GROUP,
-            "CMD_BATCH_GET_CLIENT_COUNT_BY_GROUP",
-        ),
+        (cmd::BATCH_GET_CLIENT_COUNT_BY_GROUP, "CMD_BATCH_GET_CLIENT_COUNT_BY_GROUP"),
         (cmd::WORKER_CONNECT, "CMD_WORKER_CONNECT"),
         (cmd::PING, "CMD_PING"),
         (cmd::GATEWAY_CLIENT_CONNECT, "CMD_GATEWAY_CLIENT_CONNECT"),
-        (
-            cmd::GET_SESSION_BY_CLIENT_ID,
-            "CMD_GET_SESSION_BY_CLIENT_ID",
-        ),
+        (cmd::GET_SESSION_BY_CLIENT_ID, "CMD_GET_SESSION_BY_CLIENT_ID"),
         (cmd::SET_SESSION, "CMD_SET_SESSION"),
         (cmd::ON_WEBSOCKET_CONNECT, "CMD_ON_WEBSOCKET_CONNECT"),
     ];
@@ -128,17 +106,11 @@ fn check_php(r: &mut Report, at: &At, what: &str, bytes: &[u8], pvn: &Json) {
     match php::unserialize(bytes) {
         Ok(v) => {
             r.check(&at.name(), identical(&v, &want), || {
-                format!(
-                    "{what}: unserialized to {}, capture says {pvn}",
-                    value_to_pvn(&v)
-                )
+                format!("{what}: unserialized to {}, capture says {pvn}", value_to_pvn(&v))
             });
             let again = php::serialize(&v);
             r.check(&at.name(), again == bytes, || {
-                format!(
-                    "{what}: re-serialized to {}",
-                    String::from_utf8_lossy(&again)
-                )
+                format!("{what}: re-serialized to {}", String::from_utf8_lossy(&again))
             });
         }
         Err(e) => r.fail(&at.name(), format!("{what}: unserialize refused: {e}")),
@@ -184,11 +156,7 @@ fn check_payloads(r: &mut Report, at: &At, p: &Packet, body: &[u8], d: &Json) {
     for (name, got) in [("ext_data", p.ext), ("body", body)] {
         let want = bytes_field(d, name);
         r.check(&at.name(), want.as_deref() == Some(got), || {
-            format!(
-                "{name}: decoded {}, capture says {:?}",
-                to_hex(got),
-                want.map(|w| to_hex(&w))
-            )
+            format!("{name}: decoded {}, capture says {:?}", to_hex(got), want.map(|w| to_hex(&w)))
         });
         if let Some(pvn) = d.get(format!("{name}_php")) {
             check_php(r, at, name, got, pvn);
@@ -201,33 +169,21 @@ fn check_payloads(r: &mut Report, at: &At, p: &Packet, body: &[u8], d: &Json) {
         }
     }
     let serialized_body = p.header.flag & packet::flag::BODY_IS_SCALAR == 0;
-    r.check(
-        &at.name(),
-        serialized_body == d.get("body_php").is_some(),
-        || {
-            format!(
-                "flag {} but body_php present: {}",
-                p.header.flag, !serialized_body
-            )
-        },
-    );
+    r.check(&at.name(), serialized_body == d.get("body_php").is_some(), || {
+        format!("flag {} but body_php present: {}", p.header.flag, !serialized_body)
+    });
 }
 
 /// `client_id` = hex of local_ip ‖ local_port ‖ connection_id, present when the address is set.
 fn check_client_id(r: &mut Report, at: &At, p: &Packet, d: &Json) {
     let h = &p.header;
-    let want = format!(
-        "{:08x}{:04x}{:08x}",
-        h.local_ip, h.local_port, h.connection_id
-    );
+    let want = format!("{:08x}{:04x}{:08x}", h.local_ip, h.local_port, h.connection_id);
     let has_address = h.local_ip != 0 || h.local_port != 0;
     match d["client_id"].as_str() {
         Some(id) => r.check(&at.name(), has_address && id == want, || {
             format!("client_id: computed {want}, capture says {id}")
         }),
-        None => r.check(&at.name(), !has_address, || {
-            format!("client_id {want} missing")
-        }),
+        None => r.check(&at.name(), !has_address, || format!("client_id {want} missing")),
     }
 }
 
@@ -235,18 +191,14 @@ fn check_client_id(r: &mut Report, at: &At, p: &Packet, d: &Json) {
 fn check_reencode(r: &mut Report, at: &At, p: &Packet, raw: &[u8]) {
     let mut out = Vec::new();
     packet::encode(&mut out, &p.header, p.ext, p.body);
-    r.check(&at.name(), out == raw, || {
-        format!("re-encoded to {}", to_hex(&out))
-    });
+    r.check(&at.name(), out == raw, || format!("re-encoded to {}", to_hex(&out)));
 }
 
 /// Bytes with no `decoded` record: they must be whole packets that re-encode exactly.
 fn check_undescribed(r: &mut Report, at: &At, hex_text: &str) {
     let bytes = hex(hex_text);
     match split(&bytes) {
-        Ok(packets) => packets
-            .iter()
-            .for_each(|(p, raw)| check_reencode(r, at, p, raw)),
+        Ok(packets) => packets.iter().for_each(|(p, raw)| check_reencode(r, at, p, raw)),
         Err(e) => r.fail(&at.name(), e),
     }
 }
@@ -254,9 +206,7 @@ fn check_undescribed(r: &mut Report, at: &At, hex_text: &str) {
 /// Bytes with a `decoded` record (one object, or a list for several packets).
 fn check_described(r: &mut Report, at: &At, direction: &str, hex_text: &str, d: &Json) {
     if hex_text.is_empty() {
-        return r.check(&at.name(), d.is_null(), || {
-            format!("no bytes but decoded {d}")
-        });
+        return r.check(&at.name(), d.is_null(), || format!("no bytes but decoded {d}"));
     }
     if d.is_object() && d.get("pack_len").is_none() {
         // Websocket frames and handshakes a client sent to the public port.
@@ -269,9 +219,7 @@ fn check_described(r: &mut Report, at: &At, direction: &str, hex_text: &str, d: 
         Ok(p) => p,
         Err(e) => return r.fail(&at.name(), e),
     };
-    packets
-        .iter()
-        .for_each(|(p, raw)| check_reencode(r, at, p, raw));
+    packets.iter().for_each(|(p, raw)| check_reencode(r, at, p, raw));
     let records: Vec<&Json> = match d {
         Json::Array(list) => list.iter().collect(),
         _ => vec![d],
@@ -280,11 +228,7 @@ fn check_described(r: &mut Report, at: &At, direction: &str, hex_text: &str, d: 
         return check_pipelined(r, at, &bytes, &packets, records[0]);
     }
     r.check(&at.name(), records.len() == packets.len(), || {
-        format!(
-            "{} packets, {} decoded records",
-            packets.len(),
-            records.len()
-        )
+        format!("{} packets, {} decoded records", packets.len(), records.len())
     });
     for ((p, raw), rec) in packets.iter().zip(records) {
         check_fields(r, at, p, raw, p.body, rec);
@@ -298,10 +242,7 @@ fn check_described(r: &mut Report, at: &At, direction: &str, hex_text: &str, d: 
 /// checked by re-encoding. Only that case is allowed to look like this.
 fn check_pipelined(r: &mut Report, at: &At, bytes: &[u8], packets: &[(Packet, &[u8])], d: &Json) {
     if !at.case.starts_with("pipelined_two_requests@") {
-        return r.fail(
-            &at.name(),
-            format!("{} packets, 1 decoded record", packets.len()),
-        );
+        return r.fail(&at.name(), format!("{} packets, 1 decoded record", packets.len()));
     }
     let (first, raw) = &packets[0];
     let rest = &bytes[packet::HEADER_LEN + first.ext.len()..];
@@ -323,90 +264,46 @@ fn check_reply(r: &mut Report, at: &At, hex_text: &str, d: &Json) {
         }
         let len = u32::from_be_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]) as usize;
         let payload = &bytes[4..(4 + len).min(bytes.len())];
-        r.check(
-            &at.name(),
-            payload.len() == len && rec["len"].as_u64() == Some(len as u64),
-            || {
-                format!(
-                    "reply length prefix {len}, {} bytes follow, capture says {}",
-                    payload.len(),
-                    rec["len"]
-                )
-            },
-        );
-        let want = bytes_field(rec, "payload");
-        r.check(&at.name(), want.as_deref() == Some(payload), || {
-            "reply payload differs".into()
+        r.check(&at.name(), payload.len() == len && rec["len"].as_u64() == Some(len as u64), || {
+            format!("reply length prefix {len}, {} bytes follow, capture says {}", payload.len(), rec["len"])
         });
+        let want = bytes_field(rec, "payload");
+        r.check(&at.name(), want.as_deref() == Some(payload), || "reply payload differs".into());
         check_php(r, at, "reply payload", payload, &rec["payload_php"]);
         bytes = &bytes[payload.len() + 4..];
     }
-    r.check(&at.name(), bytes.is_empty(), || {
-        format!("{} reply bytes not described", bytes.len())
-    });
+    r.check(&at.name(), bytes.is_empty(), || format!("{} reply bytes not described", bytes.len()));
 }
 
 /// Every packet and reply of one case.
 fn check_case(r: &mut Report, name: &str, c: &Json) {
-    let at = |field: &str| At {
-        case: name,
-        field: field.to_string(),
-    };
+    let at = |field: &str| At { case: name, field: field.to_string() };
     let direction = c["direction"].as_str().unwrap_or_default();
     let text = |v: &Json| v.as_str().unwrap_or_default().to_string();
     check_described(r, &at("hex"), direction, &text(&c["hex"]), &c["decoded"]);
     if let Some(t) = c["trigger_hex"].as_str() {
-        check_described(
-            r,
-            &at("trigger_hex"),
-            "gateway->businessworker",
-            t,
-            &c["trigger"],
-        );
+        check_described(r, &at("trigger_hex"), "gateway->businessworker", t, &c["trigger"]);
     }
     for field in ["request_hex", "setup_trigger_hex", "setup_hex"] {
         let list = match &c[field] {
             Json::Array(l) => l.clone(),
             v => vec![v.clone()],
         };
-        list.iter()
-            .filter_map(Json::as_str)
-            .for_each(|h| check_undescribed(r, &at(field), h));
+        list.iter().filter_map(Json::as_str).for_each(|h| check_undescribed(r, &at(field), h));
     }
     if c.get("reply_hex").is_some() {
-        check_reply(
-            r,
-            &at("reply_hex"),
-            &text(&c["reply_hex"]),
-            &c["reply_decoded"],
-        );
+        check_reply(r, &at("reply_hex"), &text(&c["reply_hex"]), &c["reply_decoded"]);
     }
     for (i, p) in c["packets"].as_array().into_iter().flatten().enumerate() {
         let field = format!("packets[{i}]");
         check_described(r, &at(&field), direction, &text(&p["hex"]), &p["decoded"]);
         if p.get("reply_hex").is_some() {
-            check_reply(
-                r,
-                &at(&format!("{field}.reply")),
-                &text(&p["reply_hex"]),
-                &p["reply_decoded"],
-            );
+            check_reply(r, &at(&format!("{field}.reply")), &text(&p["reply_hex"]), &p["reply_decoded"]);
         }
     }
-    for (i, w) in c["worker_received"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .enumerate()
-    {
+    for (i, w) in c["worker_received"].as_array().into_iter().flatten().enumerate() {
         let field = format!("worker_received[{i}]");
-        check_described(
-            r,
-            &at(&field),
-            "gateway->businessworker",
-            &text(&w["hex"]),
-            &w["decoded"],
-        );
+        check_described(r, &at(&field), "gateway->businessworker", &text(&w["hex"]), &w["decoded"]);
     }
 }
 
@@ -422,9 +319,7 @@ fn packets_in_every_capture() {
     for (file, floor) in floors {
         let mut r = Report::default();
         let cases = support::load(file);
-        cases
-            .iter()
-            .for_each(|c| check_case(&mut r, &case_name(c), c));
+        cases.iter().for_each(|c| check_case(&mut r, &case_name(c), c));
         r.finish(&format!("{file} ({} cases)", cases.len()), floor);
     }
 }
@@ -436,21 +331,15 @@ fn check_lines(r: &mut Report, at: &At, rec: &Json, raw: Option<&str>) {
         return;
     };
     if let Some(raw) = raw {
-        r.check(&at.name(), hex(raw) == text.as_bytes(), || {
-            "text differs from the bytes".into()
-        });
+        r.check(&at.name(), hex(raw) == text.as_bytes(), || "text differs from the bytes".into());
     }
     let Some(lines) = rec["lines_json"].as_array() else {
         return;
     };
-    r.check(&at.name(), text.lines().count() == lines.len(), || {
-        "line count differs".into()
-    });
+    r.check(&at.name(), text.lines().count() == lines.len(), || "line count differs".into());
     for (line, want) in text.lines().zip(lines) {
         let got: Result<Json, _> = serde_json::from_str(line);
-        r.check(&at.name(), got.as_ref().ok() == Some(want), || {
-            format!("{line:?} parsed as {got:?}")
-        });
+        r.check(&at.name(), got.as_ref().ok() == Some(want), || format!("{line:?} parsed as {got:?}"));
     }
 }
 
@@ -461,29 +350,19 @@ fn check_register_line(r: &mut Report, at: &At, c: &Json) {
     let Some(line) = d["line"].as_str() else {
         return;
     };
-    r.check(
-        &at.name(),
-        hex(c["hex"].as_str().unwrap_or_default()) == line.as_bytes(),
-        || "line differs from hex".into(),
-    );
-    r.check(&at.name(), line.ends_with('\n'), || {
-        "line without \\n".into()
+    r.check(&at.name(), hex(c["hex"].as_str().unwrap_or_default()) == line.as_bytes(), || {
+        "line differs from hex".into()
     });
+    r.check(&at.name(), line.ends_with('\n'), || "line without \\n".into());
     let parsed: Result<Json, _> = serde_json::from_str(line);
     if at.case.starts_with("bad_json") {
-        return r.check(&at.name(), parsed.is_err(), || {
-            "bad_json line parses".into()
-        });
+        return r.check(&at.name(), parsed.is_err(), || "bad_json line parses".into());
     }
-    r.check(
-        &at.name(),
-        parsed.as_ref().is_ok_and(Json::is_object),
-        || format!("{line:?} is not a JSON object"),
-    );
+    r.check(&at.name(), parsed.as_ref().is_ok_and(Json::is_object), || {
+        format!("{line:?} is not a JSON object")
+    });
     if let Some(want) = d.get("json") {
-        r.check(&at.name(), parsed.as_ref().ok() == Some(want), || {
-            "json differs".into()
-        });
+        r.check(&at.name(), parsed.as_ref().ok() == Some(want), || "json differs".into());
     }
 }
 
@@ -492,25 +371,12 @@ fn register_lines_are_json() {
     let mut r = Report::default();
     for c in support::load("register.jsonl") {
         let name = case_name(&c);
-        let at = |field: &str| At {
-            case: &name,
-            field: field.to_string(),
-        };
+        let at = |field: &str| At { case: &name, field: field.to_string() };
         check_register_line(&mut r, &at("hex"), &c);
         check_lines(&mut r, &at("hex"), &c["decoded"], c["hex"].as_str());
-        check_lines(
-            &mut r,
-            &at("reply_hex"),
-            &c["reply_decoded"],
-            c["reply_hex"].as_str(),
-        );
+        check_lines(&mut r, &at("reply_hex"), &c["reply_decoded"], c["reply_hex"].as_str());
         let worker = c["worker_received_hex"].as_str();
-        check_lines(
-            &mut r,
-            &at("worker_received_hex"),
-            &c["worker_received"],
-            worker,
-        );
+        check_lines(&mut r, &at("worker_received_hex"), &c["worker_received"], worker);
         for part in ["initial", "after_join", "after_stop"] {
             check_lines(&mut r, &at(part), &c["decoded"][part], None);
         }
@@ -520,16 +386,9 @@ fn register_lines_are_json() {
         }
     }
     for c in support::load("worker_to_gateway.jsonl") {
-        for line in c["register_lines"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .filter_map(Json::as_str)
-        {
+        for line in c["register_lines"].as_array().into_iter().flatten().filter_map(Json::as_str) {
             let ok = serde_json::from_str::<Json>(line).is_ok_and(|j| j.is_object());
-            r.check(&case_name(&c), ok, || {
-                format!("register line {line:?} is not a JSON object")
-            });
+            r.check(&case_name(&c), ok, || format!("register line {line:?} is not a JSON object"));
         }
     }
     r.finish("register lines", 150);

@@ -14,13 +14,11 @@ fn check_value_case(r: &mut Report, name: &str, c: &Json) {
     let value = pvn_to_value(&c["decoded"]["value"]);
     let want = hex(c["hex"].as_str().unwrap_or_default());
     let got = php::serialize(&value);
-    r.check(name, got == want, || {
-        format!("serialize gave {}", String::from_utf8_lossy(&got))
-    });
+    r.check(name, got == want, || format!("serialize gave {}", String::from_utf8_lossy(&got)));
     match php::unserialize(&want) {
-        Ok(back) => r.check(name, identical(&back, &value), || {
-            format!("unserialize gave {}", value_to_pvn(&back))
-        }),
+        Ok(back) => {
+            r.check(name, identical(&back, &value), || format!("unserialize gave {}", value_to_pvn(&back)))
+        }
         Err(e) => r.fail(name, format!("unserialize refused: {e}")),
     }
 }
@@ -38,9 +36,7 @@ fn decode_field(r: &mut Report, name: &str, c: &Json, field: &str) -> Option<Arr
     let want = pvn_to_value(&c["decoded"][field]);
     match php::unserialize(&bytes) {
         Ok(v) => {
-            r.check(name, identical(&v, &want), || {
-                format!("{field}: got {}", value_to_pvn(&v))
-            });
+            r.check(name, identical(&v, &want), || format!("{field}: got {}", value_to_pvn(&v)));
             v.as_array().cloned()
         }
         Err(e) => {
@@ -52,27 +48,18 @@ fn decode_field(r: &mut Report, name: &str, c: &Json, field: &str) -> Option<Arr
 
 /// `serialize(array_replace_recursive(before, partial)) == after_hex == hex`.
 fn check_merge_case(r: &mut Report, name: &str, c: &Json) {
-    let (Some(mut base), Some(partial)) = (
-        decode_field(r, name, c, "before"),
-        decode_field(r, name, c, "partial"),
-    ) else {
+    let (Some(mut base), Some(partial)) =
+        (decode_field(r, name, c, "before"), decode_field(r, name, c, "partial"))
+    else {
         return r.fail(name, "before/partial are not arrays".into());
     };
     php::array_replace_recursive(&mut base, &partial);
     let got = php::serialize_array(&base);
     let after = hex(c["after_hex"].as_str().unwrap_or_default());
-    r.check(name, got == after, || {
-        format!("merged to {}", String::from_utf8_lossy(&got))
-    });
-    r.check(
-        name,
-        after == hex(c["hex"].as_str().unwrap_or_default()),
-        || "after_hex != hex".into(),
-    );
+    r.check(name, got == after, || format!("merged to {}", String::from_utf8_lossy(&got)));
+    r.check(name, after == hex(c["hex"].as_str().unwrap_or_default()), || "after_hex != hex".into());
     let want = pvn_to_value(&c["decoded"]["after"]);
-    r.check(name, identical(&Value::Array(base), &want), || {
-        "merged value != decoded.after".into()
-    });
+    r.check(name, identical(&Value::Array(base), &want), || "merged value != decoded.after".into());
 }
 
 #[test]
@@ -102,17 +89,11 @@ fn json_to_value(j: &Json) -> Value {
         Json::Number(n) => Value::Int(n.as_i64().unwrap_or_else(|| panic!("number {n}"))),
         Json::String(s) => Value::from(s.as_str()),
         Json::Array(items) => Value::Array(
-            items
-                .iter()
-                .enumerate()
-                .map(|(i, v)| (Key::Int(i as i64), json_to_value(v)))
-                .collect(),
+            items.iter().enumerate().map(|(i, v)| (Key::Int(i as i64), json_to_value(v))).collect(),
         ),
-        Json::Object(o) => Value::Array(
-            o.iter()
-                .map(|(k, v)| (Key::from_text(k), json_to_value(v)))
-                .collect(),
-        ),
+        Json::Object(o) => {
+            Value::Array(o.iter().map(|(k, v)| (Key::from_text(k), json_to_value(v))).collect())
+        }
     }
 }
 
@@ -124,8 +105,7 @@ fn json_encode_matches_register_broadcasts() {
     for c in support::load("register.jsonl") {
         let name = case_name(&c);
         for field in ["decoded", "reply_decoded", "worker_received"] {
-            let (Some(text), Some(lines)) =
-                (c[field]["text"].as_str(), c[field]["lines_json"].as_array())
+            let (Some(text), Some(lines)) = (c[field]["text"].as_str(), c[field]["lines_json"].as_array())
             else {
                 continue;
             };
@@ -141,10 +121,7 @@ fn json_encode_matches_register_broadcasts() {
                 .collect();
                 let got = php::json_encode(&Value::Array(a)).unwrap_or_default();
                 r.check(&name, got == line.as_bytes(), || {
-                    format!(
-                        "{field}: json_encode gave {}",
-                        String::from_utf8_lossy(&got)
-                    )
+                    format!("{field}: json_encode gave {}", String::from_utf8_lossy(&got))
                 });
             }
         }
@@ -163,8 +140,7 @@ fn json_encode_matches_websocket_array_bodies() {
         if d["flag"].as_u64().is_none_or(|f| f & 1 != 0) || !d["body_php"].is_object() {
             continue;
         }
-        let Some(json) =
-            php::json_encode_with(&pvn_to_value(&d["body_php"]), JsonFlags::UNESCAPED_UNICODE)
+        let Some(json) = php::json_encode_with(&pvn_to_value(&d["body_php"]), JsonFlags::UNESCAPED_UNICODE)
         else {
             r.fail(&name, "json_encode failed".into());
             continue;
@@ -173,11 +149,7 @@ fn json_encode_matches_websocket_array_bodies() {
         for frame in clients.filter_map(|cl| cl["frames"].as_array()).flatten() {
             let payload = frame["payload"].as_str().unwrap_or_default();
             r.check(&name, json == payload.as_bytes(), || {
-                format!(
-                    "json_encode gave {} ({})",
-                    String::from_utf8_lossy(&json),
-                    to_hex(&json)
-                )
+                format!("json_encode gave {} ({})", String::from_utf8_lossy(&json), to_hex(&json))
             });
         }
     }

@@ -92,12 +92,7 @@ impl Header {
     /// A header carrying only a command, a connection id and flags (what workers and
     /// GatewayClients send: the address fields stay zero).
     pub fn command(cmd: u8, connection_id: u32, flag: u8) -> Header {
-        Header {
-            cmd,
-            connection_id,
-            flag,
-            ..Header::default()
-        }
+        Header { cmd, connection_id, flag, ..Header::default() }
     }
 }
 
@@ -125,10 +120,7 @@ impl fmt::Display for DecodeError {
                 write!(f, "packet length {pack_len} outside 28..={max}")
             }
             DecodeError::BadExtLength { ext_len, pack_len } => {
-                write!(
-                    f,
-                    "ext_len {ext_len} does not fit in packet of {pack_len} bytes"
-                )
+                write!(f, "ext_len {ext_len} does not fit in packet of {pack_len} bytes")
             }
         }
     }
@@ -144,10 +136,7 @@ pub fn peek_len(buf: &[u8], max: usize) -> Result<Option<usize>, DecodeError> {
     }
     let pack_len = u32::from_be_bytes([buf[0], buf[1], buf[2], buf[3]]) as usize;
     if pack_len < HEADER_LEN || pack_len > max {
-        return Err(DecodeError::BadLength {
-            pack_len: pack_len as u64,
-            max,
-        });
+        return Err(DecodeError::BadLength { pack_len: pack_len as u64, max });
     }
     Ok(Some(pack_len))
 }
@@ -174,17 +163,10 @@ pub fn decode(buf: &[u8], max: usize) -> Result<Option<(Packet<'_>, usize)>, Dec
     };
     let ext_len = be32(&b[24..28]);
     if ext_len as usize > pack_len - HEADER_LEN {
-        return Err(DecodeError::BadExtLength {
-            ext_len,
-            pack_len: pack_len as u32,
-        });
+        return Err(DecodeError::BadExtLength { ext_len, pack_len: pack_len as u32 });
     }
     let ext_end = HEADER_LEN + ext_len as usize;
-    let packet = Packet {
-        header,
-        ext: &b[HEADER_LEN..ext_end],
-        body: &b[ext_end..],
-    };
+    let packet = Packet { header, ext: &b[HEADER_LEN..ext_end], body: &b[ext_end..] };
     Ok(Some((packet, pack_len)))
 }
 
@@ -231,19 +213,13 @@ mod tests {
     use super::*;
 
     fn hex(s: &str) -> Vec<u8> {
-        (0..s.len())
-            .step_by(2)
-            .map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap())
-            .collect()
+        (0..s.len()).step_by(2).map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap()).collect()
     }
 
     #[test]
     fn decodes_the_observed_on_connect() {
         let b = hex("0000001c017f0000010960");
-        assert!(
-            decode(&b, 1 << 20).unwrap().is_none(),
-            "partial packet waits"
-        );
+        assert!(decode(&b, 1 << 20).unwrap().is_none(), "partial packet waits");
         // 00000001c | 01 | 7f000001 0960 | 7f000001 b260 | 00000004 | 01 | 1c69 | 00000000
         let b = hex("0000001c017f00000109607f000001b26000000004011c6900000000");
         let (p, n) = decode(&b, 1 << 20).unwrap().unwrap();
@@ -275,20 +251,11 @@ mod tests {
 
     #[test]
     fn rejects_bad_lengths() {
-        assert_eq!(
-            peek_len(&[0, 0, 0, 27], 100),
-            Err(DecodeError::BadLength {
-                pack_len: 27,
-                max: 100
-            })
-        );
+        assert_eq!(peek_len(&[0, 0, 0, 27], 100), Err(DecodeError::BadLength { pack_len: 27, max: 100 }));
         assert!(peek_len(&[0, 0, 1, 0], 100).is_err());
         let mut b = Vec::new();
         encode(&mut b, &Header::default(), b"", b"abc");
         b[27] = 9; // ext_len 9 > 3 bytes available
-        assert!(matches!(
-            decode(&b, 100),
-            Err(DecodeError::BadExtLength { .. })
-        ));
+        assert!(matches!(decode(&b, 100), Err(DecodeError::BadExtLength { .. })));
     }
 }

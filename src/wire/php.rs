@@ -110,10 +110,7 @@ impl Array {
 
     /// An empty array with room for `n` entries.
     pub fn with_capacity(n: usize) -> Array {
-        Array {
-            entries: Vec::with_capacity(n),
-            ..Array::default()
-        }
+        Array { entries: Vec::with_capacity(n), ..Array::default() }
     }
 
     pub fn len(&self) -> usize {
@@ -161,12 +158,7 @@ impl Array {
     }
 
     fn rebuild_index(&mut self) {
-        let index = self
-            .entries
-            .iter()
-            .enumerate()
-            .map(|(i, (k, _))| (k.clone(), i))
-            .collect();
+        let index = self.entries.iter().enumerate().map(|(i, (k, _))| (k.clone(), i)).collect();
         self.index = Some(Box::new(index));
     }
 
@@ -188,10 +180,7 @@ impl Array {
             self.index = None;
         } else if let Some(index) = &mut self.index {
             index.remove(k);
-            index
-                .values_mut()
-                .filter(|i| **i > pos)
-                .for_each(|i| *i -= 1);
+            index.values_mut().filter(|i| **i > pos).for_each(|i| *i -= 1);
         }
         Some(v)
     }
@@ -206,10 +195,7 @@ impl Array {
 
     /// True when keys are exactly 0..len in order (a JSON list in json_encode).
     pub fn is_list(&self) -> bool {
-        self.entries
-            .iter()
-            .enumerate()
-            .all(|(i, (k, _))| *k == Key::Int(i as i64))
+        self.entries.iter().enumerate().all(|(i, (k, _))| *k == Key::Int(i as i64))
     }
 }
 
@@ -236,10 +222,8 @@ impl FromIterator<(Key, Value)> for Array {
 
 impl<'a> IntoIterator for &'a Array {
     type Item = (&'a Key, &'a Value);
-    type IntoIter = std::iter::Map<
-        std::slice::Iter<'a, (Key, Value)>,
-        fn(&'a (Key, Value)) -> (&'a Key, &'a Value),
-    >;
+    type IntoIter =
+        std::iter::Map<std::slice::Iter<'a, (Key, Value)>, fn(&'a (Key, Value)) -> (&'a Key, &'a Value)>;
 
     fn into_iter(self) -> Self::IntoIter {
         self.entries.iter().map(|(k, v)| (k, v))
@@ -445,10 +429,9 @@ mod tests {
     #[test]
     fn replace_recursive() {
         let mut base = unserialize(b"a:3:{s:1:\"u\";a:2:{s:1:\"a\";i:1;s:1:\"b\";i:2;}s:1:\"l\";a:2:{i:0;i:1;i:1;i:2;}s:1:\"x\";a:0:{}}").unwrap();
-        let rep = unserialize(
-            b"a:3:{s:1:\"u\";a:1:{s:1:\"b\";i:3;}s:1:\"l\";a:1:{i:0;i:9;}s:1:\"x\";s:1:\"f\";}",
-        )
-        .unwrap();
+        let rep =
+            unserialize(b"a:3:{s:1:\"u\";a:1:{s:1:\"b\";i:3;}s:1:\"l\";a:1:{i:0;i:9;}s:1:\"x\";s:1:\"f\";}")
+                .unwrap();
         array_replace_recursive(base.as_array_mut().unwrap(), rep.as_array().unwrap());
         let want = b"a:3:{s:1:\"u\";a:2:{s:1:\"a\";i:1;s:1:\"b\";i:3;}s:1:\"l\";a:2:{i:0;i:9;i:1;i:2;}s:1:\"x\";s:1:\"f\";}";
         assert_eq!(serialize(&base), want.to_vec());

@@ -12,22 +12,13 @@ use serde_json::Value as Json;
 pub fn load(file: &str) -> Vec<Json> {
     let path = format!("{}/tests/compat/{file}", env!("CARGO_MANIFEST_DIR"));
     let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
-    let lines = text
-        .lines()
-        .enumerate()
-        .filter(|(_, l)| !l.trim().is_empty());
-    lines
-        .map(|(i, l)| serde_json::from_str(l).unwrap_or_else(|e| panic!("{file}:{}: {e}", i + 1)))
-        .collect()
+    let lines = text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty());
+    lines.map(|(i, l)| serde_json::from_str(l).unwrap_or_else(|e| panic!("{file}:{}: {e}", i + 1))).collect()
 }
 
 /// `case@gw_version`, unique per file.
 pub fn case_name(c: &Json) -> String {
-    format!(
-        "{}@{}",
-        c["case"].as_str().unwrap_or("?"),
-        c["gw_version"].as_str().unwrap_or("?")
-    )
+    format!("{}@{}", c["case"].as_str().unwrap_or("?"), c["gw_version"].as_str().unwrap_or("?"))
 }
 
 /// Lowercase (or uppercase) hex to bytes; panics on anything else.
@@ -131,19 +122,14 @@ pub fn value_to_pvn(v: &Value) -> Json {
 /// PHP `===`, with floats compared by bits (so `-0` differs from `0`, and NAN equals NAN).
 pub fn identical(a: &Value, b: &Value) -> bool {
     match (a, b) {
-        (Value::Float(x), Value::Float(y)) => {
-            x.to_bits() == y.to_bits() || (x.is_nan() && y.is_nan())
-        }
+        (Value::Float(x), Value::Float(y)) => x.to_bits() == y.to_bits() || (x.is_nan() && y.is_nan()),
         (Value::Array(x), Value::Array(y)) => arrays_identical(x, y),
         _ => a == b,
     }
 }
 
 fn arrays_identical(x: &Array, y: &Array) -> bool {
-    x.len() == y.len()
-        && x.iter()
-            .zip(y.iter())
-            .all(|((kx, vx), (ky, vy))| kx == ky && identical(vx, vy))
+    x.len() == y.len() && x.iter().zip(y.iter()).all(|((kx, vx), (ky, vy))| kx == ky && identical(vx, vy))
 }
 
 /// Counts checks and collects failures (by case name) so one run reports them all.
@@ -177,11 +163,7 @@ impl Report {
             self.checked,
             self.failures.join("\n")
         );
-        assert!(
-            self.checked >= floor,
-            "{what}: only {} checks ran (floor {floor})",
-            self.checked
-        );
+        assert!(self.checked >= floor, "{what}: only {} checks ran (floor {floor})", self.checked);
         eprintln!("{what}: {} checks passed", self.checked);
     }
 }

@@ -14,10 +14,7 @@ pub struct JsonFlags {
 
 impl JsonFlags {
     /// What workerman 5's websocket encoder uses for non-scalar messages.
-    pub const UNESCAPED_UNICODE: JsonFlags = JsonFlags {
-        unescaped_unicode: true,
-        unescaped_slashes: false,
-    };
+    pub const UNESCAPED_UNICODE: JsonFlags = JsonFlags { unescaped_unicode: true, unescaped_slashes: false };
 }
 
 /// PHP's default `json_encode` depth limit.
@@ -91,10 +88,7 @@ fn json_string(s: &[u8], flags: JsonFlags, out: &mut Vec<u8>) -> Option<()> {
             c if flags.unescaped_unicode => {
                 out.extend_from_slice(c.encode_utf8(&mut [0; 4]).as_bytes());
             }
-            c => c
-                .encode_utf16(&mut [0; 2])
-                .iter()
-                .for_each(|u| push_u_escape(*u, out)),
+            c => c.encode_utf16(&mut [0; 2]).iter().for_each(|u| push_u_escape(*u, out)),
         }
     }
     out.push(b'"');
@@ -127,20 +121,8 @@ mod tests {
         let j = |v: &Value| json_encode(v).map(|b| String::from_utf8(b).unwrap());
         let v = arr(vec![
             (k("a/b"), s("ü ✓ 😀 \u{2028}")),
-            (
-                k("c"),
-                arr(vec![
-                    (Key::Int(0), Value::Int(1)),
-                    (Key::Int(1), Value::Float(1e25)),
-                ]),
-            ),
-            (
-                k("d"),
-                arr(vec![
-                    (Key::Int(1), Value::Float(2.0)),
-                    (Key::Int(0), Value::Null),
-                ]),
-            ),
+            (k("c"), arr(vec![(Key::Int(0), Value::Int(1)), (Key::Int(1), Value::Float(1e25))])),
+            (k("d"), arr(vec![(Key::Int(1), Value::Float(2.0)), (Key::Int(0), Value::Null)])),
             (k("e"), Value::Array(Array::new())),
             (k("f"), s("\"\\\u{8}\u{c}\n\r\t\u{1f}\u{7f}<&'")),
             (Key::Int(7), Value::Bool(false)),
@@ -152,11 +134,8 @@ mod tests {
             r#"<&'","7":false}"#
         );
         assert_eq!(j(&v).unwrap(), want);
-        let raw = json_encode_with(
-            &arr(vec![(k("u"), s("ü/\u{2029}"))]),
-            JsonFlags::UNESCAPED_UNICODE,
-        )
-        .unwrap();
+        let raw =
+            json_encode_with(&arr(vec![(k("u"), s("ü/\u{2029}"))]), JsonFlags::UNESCAPED_UNICODE).unwrap();
         assert_eq!(String::from_utf8(raw).unwrap(), "{\"u\":\"ü\\/\\u2029\"}");
         assert_eq!(j(&Value::Str(vec![0xff])), None);
         assert_eq!(j(&arr(vec![(Key::Str(vec![0xc3]), Value::Null)])), None);

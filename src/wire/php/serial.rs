@@ -14,11 +14,7 @@ pub struct PhpError {
 
 impl fmt::Display for PhpError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "bad serialized PHP value at byte {}: {}",
-            self.offset, self.reason
-        )
+        write!(f, "bad serialized PHP value at byte {}: {}", self.offset, self.reason)
     }
 }
 
@@ -120,11 +116,7 @@ fn shortest_digits(f: f64) -> (bool, Vec<u8>, i32) {
         Some(m) => (true, m),
         None => (false, mantissa),
     };
-    (
-        neg,
-        mantissa.bytes().filter(|c| *c != b'.').collect(),
-        decpt,
-    )
+    (neg, mantissa.bytes().filter(|c| *c != b'.').collect(), decpt)
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -157,10 +149,7 @@ struct Parser<'a> {
 
 impl Parser<'_> {
     fn err(&self, reason: &'static str) -> PhpError {
-        PhpError {
-            offset: self.pos,
-            reason,
-        }
+        PhpError { offset: self.pos, reason }
     }
 
     fn remaining(&self) -> usize {
@@ -168,10 +157,7 @@ impl Parser<'_> {
     }
 
     fn next(&mut self) -> Result<u8, PhpError> {
-        let c = *self
-            .b
-            .get(self.pos)
-            .ok_or_else(|| self.err("unexpected end of input"))?;
+        let c = *self.b.get(self.pos).ok_or_else(|| self.err("unexpected end of input"))?;
         self.pos += 1;
         Ok(c)
     }
@@ -188,10 +174,7 @@ impl Parser<'_> {
     fn until(&mut self, end: u8) -> Result<&[u8], PhpError> {
         let start = self.pos;
         let len = self.b[start..].iter().position(|c| *c == end);
-        let eof = PhpError {
-            offset: self.b.len(),
-            reason: "unexpected end of input",
-        };
+        let eof = PhpError { offset: self.b.len(), reason: "unexpected end of input" };
         let len = len.ok_or(eof)?;
         self.pos = start + len + 1;
         Ok(&self.b[start..start + len])
@@ -222,10 +205,7 @@ impl Parser<'_> {
             b'0' => false,
             b'1' => true,
             _ => {
-                return Err(PhpError {
-                    offset: at,
-                    reason: "bad boolean",
-                });
+                return Err(PhpError { offset: at, reason: "bad boolean" });
             }
         };
         self.expect(b';', "expected ';'")?;
@@ -237,10 +217,7 @@ impl Parser<'_> {
         self.expect(b':', "expected ':'")?;
         let at = self.pos;
         let text = self.until(b';')?;
-        let digits = text
-            .strip_prefix(b"-")
-            .or_else(|| text.strip_prefix(b"+"))
-            .unwrap_or(text);
+        let digits = text.strip_prefix(b"-").or_else(|| text.strip_prefix(b"+")).unwrap_or(text);
         let bad = |reason| PhpError { offset: at, reason };
         if digits.is_empty() || !digits.iter().all(u8::is_ascii_digit) {
             return Err(bad("bad integer"));
@@ -260,17 +237,11 @@ impl Parser<'_> {
             b"-INF" => return Ok(f64::NEG_INFINITY),
             _ => {}
         }
-        let bad = PhpError {
-            offset: at,
-            reason: "bad float",
-        };
+        let bad = PhpError { offset: at, reason: "bad float" };
         if !is_php_number(text) {
             return Err(bad);
         }
-        std::str::from_utf8(text)
-            .ok()
-            .and_then(|t| t.parse().ok())
-            .ok_or(bad)
+        std::str::from_utf8(text).ok().and_then(|t| t.parse().ok()).ok_or(bad)
     }
 
     /// An unsigned decimal (`[0-9]+`) ended by `end`, as a length or count.
@@ -303,10 +274,7 @@ impl Parser<'_> {
     /// `:<count>:{<key><value>...}` after the tag.
     fn array(&mut self, depth: usize) -> Result<Array, PhpError> {
         if depth >= MAX_DEPTH {
-            return Err(PhpError {
-                offset: self.pos - 1,
-                reason: "nesting too deep",
-            });
+            return Err(PhpError { offset: self.pos - 1, reason: "nesting too deep" });
         }
         self.expect(b':', "expected ':'")?;
         let count = self.length(b':')?;
@@ -330,10 +298,7 @@ impl Parser<'_> {
         match self.next()? {
             b'i' => self.int().map(Key::Int),
             b's' => self.string().map(|s| Key::from_bytes(&s)),
-            _ => Err(PhpError {
-                offset: at,
-                reason: "bad array key",
-            }),
+            _ => Err(PhpError { offset: at, reason: "bad array key" }),
         }
     }
 }
@@ -341,10 +306,7 @@ impl Parser<'_> {
 /// `[+-]? (digits | digits? '.' digits | digits '.' digits?) ([eE] [+-]? digits)?`
 fn is_php_number(t: &[u8]) -> bool {
     let digits = |t: &[u8]| t.iter().take_while(|c| c.is_ascii_digit()).count();
-    let t = t
-        .strip_prefix(b"-")
-        .or_else(|| t.strip_prefix(b"+"))
-        .unwrap_or(t);
+    let t = t.strip_prefix(b"-").or_else(|| t.strip_prefix(b"+")).unwrap_or(t);
     let int_len = digits(t);
     let mut rest = &t[int_len..];
     let mut frac_len = 0;
@@ -359,10 +321,7 @@ fn is_php_number(t: &[u8]) -> bool {
         None => true,
         Some(b'e' | b'E') => {
             let e = &rest[1..];
-            let e = e
-                .strip_prefix(b"-")
-                .or_else(|| e.strip_prefix(b"+"))
-                .unwrap_or(e);
+            let e = e.strip_prefix(b"-").or_else(|| e.strip_prefix(b"+")).unwrap_or(e);
             !e.is_empty() && digits(e) == e.len()
         }
         Some(_) => false,
@@ -387,10 +346,7 @@ mod tests {
     }
 
     fn sample() -> Value {
-        let inner = arr(vec![
-            (k("name"), s("Zoë")),
-            (Key::Int(0), Value::Float(0.75)),
-        ]);
+        let inner = arr(vec![(k("name"), s("Zoë")), (Key::Int(0), Value::Float(0.75))]);
         arr(vec![
             (k("n"), Value::Null),
             (k("t"), Value::Bool(true)),
@@ -405,9 +361,7 @@ mod tests {
     fn serialize_forms() {
         let text = serialize(&sample());
         let mut want = b"a:6:{s:1:\"n\";N;s:1:\"t\";b:1;s:1:\"i\";i:-9223372036854775808;".to_vec();
-        want.extend_from_slice(
-            b"s:1:\"s\";s:4:\"\0\";\xff\";i:42;a:2:{s:4:\"name\";s:4:\"Zo\xc3\xab\";",
-        );
+        want.extend_from_slice(b"s:1:\"s\";s:4:\"\0\";\xff\";i:42;a:2:{s:4:\"name\";s:4:\"Zo\xc3\xab\";");
         want.extend_from_slice(b"i:0;d:0.75;}s:1:\"e\";a:0:{}}");
         assert_eq!(text, want);
         assert_eq!(unserialize(&text), Ok(sample()));
@@ -470,10 +424,7 @@ mod tests {
         }
         let mut longer = full.clone();
         longer.push(b' ');
-        assert_eq!(
-            unserialize(&longer).map_err(|e| e.reason),
-            Err("trailing bytes after the value")
-        );
+        assert_eq!(unserialize(&longer).map_err(|e| e.reason), Err("trailing bytes after the value"));
     }
 
     #[test]
@@ -518,20 +469,10 @@ mod tests {
             b"E:7:\"Foo:Bar\";",
         ];
         for b in bad {
-            assert!(
-                unserialize(b).is_err(),
-                "accepted {:?}",
-                String::from_utf8_lossy(b)
-            );
+            assert!(unserialize(b).is_err(), "accepted {:?}", String::from_utf8_lossy(b));
         }
         let e = unserialize(b"O:8:\"stdClass\":1:{s:1:\"a\";i:1;}").unwrap_err();
-        assert_eq!(
-            e,
-            PhpError {
-                offset: 0,
-                reason: "objects are refused"
-            }
-        );
+        assert_eq!(e, PhpError { offset: 0, reason: "objects are refused" });
         assert_eq!(
             unserialize(b"a:1:{i:0;s:5:\"ab\";}").unwrap_err().reason,
             "string length exceeds the input"
@@ -543,9 +484,7 @@ mod tests {
         let e = unserialize(b"s:18446744073709551615:\"\";").unwrap_err();
         assert_eq!(e.reason, "string length exceeds the input");
         assert_eq!(
-            unserialize(b"s:99999999999999999999999:\"\";")
-                .unwrap_err()
-                .reason,
+            unserialize(b"s:99999999999999999999999:\"\";").unwrap_err().reason,
             "length out of range"
         );
         assert_eq!(
@@ -559,10 +498,7 @@ mod tests {
             b
         };
         assert!(unserialize(&deep(MAX_DEPTH)).is_ok());
-        assert_eq!(
-            unserialize(&deep(MAX_DEPTH + 1)).unwrap_err().reason,
-            "nesting too deep"
-        );
+        assert_eq!(unserialize(&deep(MAX_DEPTH + 1)).unwrap_err().reason, "nesting too deep");
         assert!(unserialize(&deep(100_000)).is_err());
     }
 }

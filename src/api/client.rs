@@ -1,0 +1,133 @@
+//! `GatewayClient`: the Gateway API for programs outside the cluster's processes (a web
+//! backend pushing to clients). Blocking: it asks a register for the gateway addresses
+//! (cached for a second, registers tried in order) and talks to the gateways' inner ports.
+
+use std::io::{BufRead, BufReader, Write};
+use std::net::{SocketAddr, SocketAddrV4, TcpStream, ToSocketAddrs};
+use std::ops::{Deref, DerefMut};
+use std::time::{Duration, Instant};
+
+use super::gateway::Api;
+use super::transport::{ApiError, Pkt, QueryPool, Transport};
+use crate::wire::register::{parse_broadcast, worker_connect};
+
+/// How long an address list from the register is reused.
+const ADDRESS_CACHE: Duration = Duration::from_secs(1);
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// Transport of a `GatewayClient`.
+pub struct ClientTransport {
+    registers: Vec<SocketAddr>,
+    secret: String,
+    timeout: Duration,
+    cache: Option<(Instant, Vec<SocketAddrV4>)>,
+    pool: QueryPool,
+}
+
+impl ClientTransport {
+    /// Ask the registers, in order, for the gateway list.
+    fn lookup(&mut self) -> Result<Vec<SocketAddrV4>, ApiError> {
+        let mut last = ApiError::NoGateway;
+        for &reg in &self.registers {
+            match ask_register(reg, &self.secret, self.timeout) {
+                Ok(list) => return Ok(list),
+                Err(e) => last = e,
+            }
+        }
+        Err(last)
+    }
+}
+
+fn ask_register(reg: SocketAddr, secret: &str, timeout: Duration) -> Result<Vec<SocketAddrV4>, ApiError> {
+    let io = |e| ApiError::Io(reg, e);
+    let mut s = TcpStream::connect_timeout(&reg, CONNECT_TIMEOUT).map_err(io)?;
+    s.set_read_timeout(Some(timeout)).map_err(io)?;
+    s.write_all(&worker_connect(secret)).map_err(io)?;
+    let mut line = Vec::new();
+    BufReader::new(s).read_until(b'\n', &mut line).map_err(io)?;
+    if line.is_empty() {
+        return Err(ApiError::Io(
+            reg,
+            std::io::Error::other("register closed the connection (wrong secret key?)"),
+        ));
+    }
+    let list = parse_broadcast(line.trim_ascii_end())
+        .ok_or_else(|| ApiError::Io(reg, std::io::Error::other("unexpected reply from the register")))?;
+    let addrs: Vec<SocketAddrV4> = list.iter().filter_map(|a| a.parse().ok()).collect();
+    if addrs.is_empty() {
+        return Err(ApiError::NoGateway);
+    }
+    Ok(addrs)
+}
+
+impl Transport for ClientTransport {
+    fn gateways(&mut self) -> Result<Vec<SocketAddrV4>, ApiError> {
+        if let Some((at, list)) = &self.cache {
+            if at.elapsed() < ADDRESS_CACHE {
+                return Ok(list.clone());
+            }
+        }
+        let list = self.lookup()?;
+        self.cache = Some((Instant::now(), list.clone()));
+        Ok(list)
+    }
+
+    fn send(&mut self, gw: SocketAddrV4, p: Pkt<'_>) -> Result<(), ApiError> {
+        self.pool.send(gw, p)
+    }
+
+    fn query(&mut self, gws: &[SocketAddrV4], p: Pkt<'_>) -> Vec<(SocketAddrV4, Vec<u8>)> {
+        self.pool.request(gws, p)
+    }
+}
+
+/// The blocking Gateway API client (GatewayClient / `Lib\Gateway` outside workerman).
+pub struct GatewayClient {
+    api: Api<ClientTransport>,
+}
+
+impl GatewayClient {
+    /// `registers`: one or more `ip:port` of registers (tried in order); `secret`: the
+    /// cluster's secret key ('' for none).
+    pub fn new(registers: &[&str], secret: &str) -> Result<GatewayClient, ApiError> {
+        let mut addrs = Vec::new();
+        for r in registers {
+            let a = r
+                .to_socket_addrs()
+                .ok()
+                .and_then(|mut it| it.next())
+                .ok_or_else(|| ApiError::BadClientId(format!("register address {r:?}")))?;
+            addrs.push(a);
+        }
+        let timeout = Duration::from_secs(5);
+        Ok(GatewayClient {
+            api: Api::new(ClientTransport {
+                registers: addrs,
+                secret: secret.to_string(),
+                timeout,
+                cache: None,
+                pool: QueryPool::new(secret, timeout, None),
+            }),
+        })
+    }
+
+    /// Reply timeout of queries and register lookups (default 5 s).
+    pub fn set_timeout(&mut self, t: Duration) {
+        let secret = self.api.t.secret.clone();
+        self.api.t.timeout = t;
+        self.api.t.pool = QueryPool::new(&secret, t, None);
+    }
+}
+
+impl Deref for GatewayClient {
+    type Target = Api<ClientTransport>;
+    fn deref(&self) -> &Self::Target {
+        &self.api
+    }
+}
+
+impl DerefMut for GatewayClient {
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        &mut self.api
+    }
+}

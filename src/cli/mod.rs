@@ -1,0 +1,411 @@
+//! The command line: `start [-d]`, `stop [-g]`, `restart [-d]`, `reload`, `status [-d]`,
+//! `--conf FILE`, `--help`, as workerman users know them, plus the hidden `child` entry the
+//! master uses to exec its children. The CLI finds the master through the pid file.
+
+pub mod daemon;
+pub mod logger;
+pub mod pidfile;
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use crate::api::AppFactory;
+use crate::config::{Config, MachineType};
+use crate::master::{self, Master};
+use crate::stats::{Shm, Stats, table};
+
+const USAGE: &str = "Usage: gatewayworker <command> [mode] [--conf FILE]
+
+Commands:
+  start [-d]        start (in the foreground; -d: as a daemon)
+  stop [-g]         stop (-g: gracefully: workers finish their events first)
+  restart [-d]      stop, then start
+  reload            business workers restart from the binary on disk; clients stay connected
+  status [-d]       live process table (-d: refresh every second; --json: machine readable)
+
+Options:
+  --conf FILE       configuration file (default: $GW_CONF, else conf/dev.toml)
+  -q                no start banner
+  -h, --help        this text
+";
+
+/// Parsed command line.
+#[derive(Debug, Default)]
+struct Args {
+    command: String,
+    daemon: bool,
+    graceful: bool,
+    json: bool,
+    quiet: bool,
+    conf: Option<PathBuf>,
+    rest: Vec<String>,
+}
+
+fn parse(argv: &[String]) -> Result<Args, String> {
+    let mut a = Args::default();
+    let mut it = argv.iter();
+    while let Some(arg) = it.next() {
+        match arg.as_str() {
+            "-d" => a.daemon = true,
+            "-g" => a.graceful = true,
+            "-q" => a.quiet = true,
+            "--json" => a.json = true,
+            "-h" | "--help" => a.command = "help".into(),
+            "--conf" => a.conf = Some(it.next().ok_or("--conf needs a file")?.into()),
+            s if s.starts_with("--conf=") => a.conf = Some(s["--conf=".len()..].into()),
+            s if a.command.is_empty() && !s.starts_with('-') => a.command = s.to_string(),
+            s => a.rest.push(s.to_string()),
+        }
+    }
+    Ok(a)
+}
+
+/// Run the command line; returns the process exit code.
+pub fn main(apps: AppFactory) -> i32 {
+    let argv: Vec<String> = std::env::args().skip(1).collect();
+    let args = match parse(&argv) {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("{e}\n\n{USAGE}");
+            return 64;
+        }
+    };
+    if args.command == "child" {
+        return child(&args, apps);
+    }
+    let conf = args
+        .conf
+        .clone()
+        .or_else(|| std::env::var_os("GW_CONF").map(PathBuf::from))
+        .unwrap_or_else(|| PathBuf::from("conf/dev.toml"));
+    let conf = master::absolute(&conf);
+    match args.command.as_str() {
+        "start" => start(&conf, &args, apps),
+        "stop" => stop(&conf, args.graceful),
+        "restart" => {
+            let code = stop(&conf, args.graceful);
+            if code != 0 && code != 3 {
+                return code;
+            }
+            start(&conf, &args, apps)
+        }
+        "reload" => reload(&conf),
+        "status" => status(&conf, &args),
+        "help" => {
+            print!("{USAGE}");
+            0
+        }
+        "" => {
+            eprint!("{USAGE}");
+            64
+        }
+        other => {
+            eprintln!("unknown command {other:?}\n\n{USAGE}");
+            64
+        }
+    }
+}
+
+fn load(conf: &Path) -> Result<Config, i32> {
+    Config::load(conf).map_err(|e| {
+        eprintln!("{e}");
+        78
+    })
+}
+
+/// The master of this configuration, if it runs.
+fn running_master(cfg: &Config) -> Option<u32> {
+    pidfile::read(&cfg.pid_file).filter(|&pid| pidfile::is_our_master(pid))
+}
+
+fn title(conf: &Path) -> String {
+    let rel = std::env::current_dir().ok().and_then(|d| conf.strip_prefix(d).ok().map(Path::to_path_buf));
+    format!("gatewayworker[{}]", rel.as_deref().unwrap_or(conf).display())
+}
+
+fn start(conf: &Path, args: &Args, apps: AppFactory) -> i32 {
+    let cfg = match load(conf) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    let title = title(conf);
+    if let Some(pid) = running_master(&cfg) {
+        eprintln!("{title} already running (master pid {pid})");
+        return 1;
+    }
+    if let Some(w) = cfg.worker.as_ref().filter(|_| cfg.machine_type != MachineType::Master) {
+        if apps(&w.app).is_none() {
+            eprintln!(
+                "config error in {}: key `worker.app`: unknown application {:?} (fix: use one of the bundled apps: chat, echo, broadcast)",
+                conf.display(),
+                w.app
+            );
+            return 78;
+        }
+    }
+    let exe = match std::env::current_exe() {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("cannot find this program's path: {e}");
+            return 1;
+        }
+    };
+    let m = match Master::new(cfg.clone(), conf.to_path_buf(), exe, args.daemon) {
+        Ok(m) => m,
+        Err(e) => {
+            eprintln!("{e}");
+            return 1;
+        }
+    };
+    let banner = banner(&title, &cfg, &m, args.daemon);
+    if args.daemon {
+        match daemon::detach(&cfg.stdout_file) {
+            Ok(daemon::Side::Parent(report)) => {
+                return match report {
+                    Ok(()) => {
+                        if !args.quiet {
+                            print!("{banner}");
+                        }
+                        0
+                    }
+                    Err(e) => {
+                        eprintln!("{title} start failed: {e}");
+                        1
+                    }
+                };
+            }
+            Ok(daemon::Side::Daemon(reporter)) => {
+                logger::init("master", Some(cfg.log_file.clone()));
+                if let Err(e) = pidfile::write(&cfg.pid_file) {
+                    reporter.fail(&format!("cannot write pid file {}: {e}", cfg.pid_file.display()));
+                    return 1;
+                }
+                reporter.ok();
+            }
+            Err(e) => {
+                eprintln!("cannot become a daemon: {e}");
+                return 1;
+            }
+        }
+    } else {
+        logger::init("master", None);
+        if let Err(e) = pidfile::write(&cfg.pid_file) {
+            eprintln!("cannot write pid file {}: {e}", cfg.pid_file.display());
+            return 1;
+        }
+        if !args.quiet {
+            print!("{banner}");
+        }
+    }
+    set_process_name("gw-master");
+    log::info!("{title} start: master pid {}", std::process::id());
+    let code = match m.run() {
+        Ok(code) => code,
+        Err(e) => {
+            log::error!("master loop failed: {e}");
+            1
+        }
+    };
+    pidfile::remove(&cfg.pid_file);
+    log::info!("{title} has been stopped");
+    code
+}
+
+fn banner(title: &str, cfg: &Config, m: &Master, daemon: bool) -> String {
+    let line = "-".repeat(45);
+    let mut o = format!("{line} GATEWAYWORKER {line}\n");
+    o += &format!(
+        "gatewayworker/{}   conf: {}   machine: {:?}   lan_ip: {}\n",
+        env!("CARGO_PKG_VERSION"),
+        cfg.file.display(),
+        cfg.machine_type,
+        cfg.lan_ip
+    );
+    o += &format!("{} WORKERS {}\n", "-".repeat(48), "-".repeat(48));
+    o += &format!("{:<22}{:<34}{:<12}{}\n", "worker", "listen", "count", "state");
+    for (name, listen, count) in m.banner() {
+        o += &format!("{name:<22}{listen:<34}{count:<12} [OK]\n");
+    }
+    o += &format!("{}\n", "-".repeat(105));
+    if daemon {
+        o += &format!("Input \"scripts/start.sh stop\" to stop. {title} start success.\n");
+    } else {
+        o += "Press Ctrl+C to stop. Start success.\n";
+    }
+    o
+}
+
+/// Send `sig` to the master and wait for it to disappear.
+fn stop(conf: &Path, graceful: bool) -> i32 {
+    let cfg = match load(conf) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    let title = title(conf);
+    let Some(pid) = running_master(&cfg) else {
+        eprintln!("{title} not run");
+        return 3;
+    };
+    println!("{title} is stopping ...");
+    master::signal(pid, if graceful { libc::SIGQUIT } else { libc::SIGINT });
+    let limit = if graceful {
+        cfg.stop_timeout + cfg.reload_timeout + Duration::from_secs(10)
+    } else {
+        cfg.stop_timeout + Duration::from_secs(3)
+    };
+    let until = Instant::now() + limit;
+    while pidfile::is_our_master(pid) {
+        if Instant::now() >= until {
+            eprintln!("{title} stop fail");
+            return 1;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    println!("{title} stop success");
+    0
+}
+
+/// SIGUSR1, then wait for the master to report the reload done or aborted.
+fn reload(conf: &Path) -> i32 {
+    let cfg = match load(conf) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    let title = title(conf);
+    let Some(pid) = running_master(&cfg) else {
+        eprintln!("{title} not run");
+        return 3;
+    };
+    let shm = Shm::open(&cfg.stats_path(), false).ok();
+    let before = shm.as_ref().map(|s| table::snapshot(s).reloads);
+    master::signal(pid, libc::SIGUSR1);
+    let (Some(shm), Some(before)) = (shm, before) else {
+        println!("{title} reload signal sent");
+        return 0;
+    };
+    let workers = cfg.worker.as_ref().map_or(1, |w| w.count as u32);
+    let until = Instant::now() + cfg.reload_timeout * 2 * workers.max(1) + Duration::from_secs(5);
+    while Instant::now() < until {
+        if table::snapshot(&shm).reloads > before {
+            println!("{title} reload done");
+            return 0;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    eprintln!("{title} reload did not complete; see the log ({})", cfg.log_file.display());
+    1
+}
+
+fn status(conf: &Path, args: &Args) -> i32 {
+    let cfg = match load(conf) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    let title = title(conf);
+    if running_master(&cfg).is_none() {
+        eprintln!("{title} not run");
+        return 3;
+    }
+    let shm = match Shm::open(&cfg.stats_path(), false) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("cannot read statistics {}: {e}", cfg.stats_path().display());
+            return 1;
+        }
+    };
+    if args.json {
+        println!("{}", table::render_json(&table::snapshot(&shm)));
+        return 0;
+    }
+    loop {
+        let first = table::snapshot(&shm);
+        std::thread::sleep(Duration::from_secs(1));
+        let second = table::snapshot(&shm);
+        let qps = |pid: u32| {
+            let a = first.rows.iter().find(|r| r.pid == pid)?;
+            let b = second.rows.iter().find(|r| r.pid == pid)?;
+            Some(b.total_request.saturating_sub(a.total_request))
+        };
+        let out = table::render(&second, &title, &qps);
+        if args.daemon {
+            print!("\x1b[H\x1b[2J\x1b(B\x1b[m{out}\nPress Ctrl+C to quit.\n");
+        } else {
+            print!("{title} status\n{out}");
+            return 0;
+        }
+        if running_master(&cfg).is_none() {
+            return 0;
+        }
+    }
+}
+
+/// `child <role> --conf F --group G --id N`: a process spawned by the master.
+fn child(args: &Args, apps: AppFactory) -> i32 {
+    let role = args.rest.first().cloned().unwrap_or_default();
+    let num = |flag: &str| -> usize {
+        args.rest
+            .iter()
+            .position(|a| a == flag)
+            .and_then(|i| args.rest.get(i + 1))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0)
+    };
+    let (group, id) = (num("--group"), num("--id") as u16);
+    let Some(conf) = args.conf.clone() else {
+        eprintln!("child: --conf missing");
+        return 64;
+    };
+    let cfg = match Config::load(&conf) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("{e}");
+            return 78;
+        }
+    };
+    let tag = if role == "register" { role.clone() } else { format!("{role}[{id}]") };
+    logger::init(&tag, std::env::var_os("GW_LOG_FILE").map(PathBuf::from));
+    set_process_name(&format!("gw-{tag}"));
+    match run_child(&cfg, &role, group, id, apps) {
+        Ok(()) => 0,
+        Err(e) => {
+            log::error!("{tag} failed: {e}");
+            1
+        }
+    }
+}
+
+fn run_child(cfg: &Config, role: &str, group: usize, id: u16, apps: AppFactory) -> std::io::Result<()> {
+    let stats = Stats::attach(&cfg.stats_path())?;
+    let mut inherited = crate::net::listener::Inherited::from_env()?;
+    match role {
+        "register" => crate::register::run(cfg, inherited.take_tcp("register")?, stats),
+        "gateway" => {
+            if group >= cfg.gateways.len() {
+                return Err(std::io::Error::other(format!("no gateway group {group}")));
+            }
+            let listeners = crate::gateway::Listeners {
+                public: inherited.take_tcp("public")?,
+                inner_tcp: inherited.take_tcp("inner_tcp")?,
+                inner_unix: inherited.take_unix("inner_unix")?,
+            };
+            crate::gateway::run(cfg, group, id, listeners, stats)
+        }
+        "worker" => {
+            let name = cfg.worker.as_ref().map(|w| w.app.clone()).unwrap_or_default();
+            let app =
+                apps(&name).ok_or_else(|| std::io::Error::other(format!("unknown application {name:?}")))?;
+            crate::worker::run(cfg, id, app, stats)
+        }
+        other => Err(std::io::Error::other(format!("unknown role {other:?}"))),
+    }
+}
+
+/// Name shown by `ps`/`top` (15 bytes at most).
+fn set_process_name(name: &str) {
+    let mut buf = [0u8; 16];
+    for (d, s) in buf.iter_mut().zip(name.bytes().take(15)) {
+        *d = s;
+    }
+    // SAFETY: PR_SET_NAME reads a NUL-terminated buffer of at most 16 bytes.
+    unsafe { libc::prctl(libc::PR_SET_NAME, buf.as_ptr()) };
+}

@@ -1,0 +1,189 @@
+//! Typed configuration: one TOML file per environment (`conf/*.toml`), secrets from a
+//! git-ignored `.env` (dotenvy), real environment variables over both. Every error names the
+//! file, the key and what to do about it; nothing starts with a half-valid config.
+
+mod raw;
+
+use std::fmt;
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+pub use raw::ENV_KEYS;
+
+/// Which roles run on this machine.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MachineType {
+    /// Register, gateways and business workers on one box.
+    All,
+    /// Register and gateways.
+    Master,
+    /// Business workers only, pointing at a master's register.
+    Worker,
+}
+
+/// Client protocol of a gateway listener.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Proto {
+    WebSocket,
+    Text,
+    Frame,
+}
+
+impl Proto {
+    pub fn scheme(self, tls: bool) -> &'static str {
+        match (self, tls) {
+            (Proto::WebSocket, false) => "websocket",
+            (Proto::WebSocket, true) => "wss",
+            (Proto::Text, _) => "text",
+            (Proto::Frame, _) => "frame",
+        }
+    }
+}
+
+/// What a gateway does when a client's send buffer is full.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SendFullPolicy {
+    /// Drop the message and count it in `send_fail` (GatewayWorker's behaviour).
+    Drop,
+    /// Close the slow client.
+    Close,
+}
+
+/// Certificate chain and private key (PEM) for wss.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TlsFiles {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+/// One gateway group: `count` processes sharing one public listener.
+#[derive(Clone, Debug)]
+pub struct GatewayConf {
+    pub name: String,
+    pub proto: Proto,
+    pub listen: SocketAddr,
+    pub count: u16,
+    /// Inner port of process `id` is `start_port + id`.
+    pub start_port: u16,
+    pub ping_interval: Duration,
+    pub ping_not_response_limit: u32,
+    pub ping_data: Vec<u8>,
+    /// wss: the listener speaks TLS with these files.
+    pub tls: Option<TlsFiles>,
+    pub limits: GatewayLimits,
+}
+
+/// Per-gateway limits; every one has a key in `[gateway.limits]` and a default safe on the
+/// internet.
+#[derive(Clone, Debug)]
+pub struct GatewayLimits {
+    /// Largest client message (and inner packet) accepted; bigger closes the connection.
+    pub max_package_size: usize,
+    /// Per-client send buffer (workerman `sendToClientBufferSize`).
+    pub send_to_client_buffer_size: usize,
+    /// Per-link send buffer to a business worker (`sendToWorkerBufferSize`).
+    pub send_to_worker_buffer_size: usize,
+    pub send_full_policy: SendFullPolicy,
+    /// Client connections per gateway process; accepting pauses above it.
+    pub max_connections: usize,
+    /// A client must finish its websocket/TLS handshake within this time.
+    pub handshake_timeout: Duration,
+    /// Close a client silent for this long (zero = off; the heartbeat is the usual tool).
+    pub idle_timeout: Duration,
+    pub max_groups_per_client: usize,
+    pub max_uid_len: usize,
+    pub max_session_size: usize,
+}
+
+/// The business workers of this machine.
+#[derive(Clone, Debug)]
+pub struct WorkerConf {
+    pub name: String,
+    pub count: u16,
+    /// Which bundled application runs (`chat`, `echo`, ...).
+    pub app: String,
+    pub send_to_gateway_buffer_size: usize,
+    /// Blocking queries give up after this long.
+    pub query_timeout: Duration,
+    /// Keep websocket binary frames binary end to end (our extension; off = GatewayWorker's
+    /// behaviour, everything is sent as text frames unless the app says binary).
+    pub binary_passthrough: bool,
+}
+
+/// The register of this machine.
+#[derive(Clone, Debug)]
+pub struct RegisterConf {
+    pub listen: SocketAddr,
+    pub auth_timeout: Duration,
+}
+
+/// The whole configuration of one machine.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// The TOML file it came from.
+    pub file: PathBuf,
+    pub machine_type: MachineType,
+    pub lan_ip: Ipv4Addr,
+    pub register_address: Vec<SocketAddrV4>,
+    pub production: bool,
+    pub secret_key: String,
+    pub run_dir: PathBuf,
+    pub pid_file: PathBuf,
+    pub log_file: PathBuf,
+    pub stdout_file: PathBuf,
+    pub stop_timeout: Duration,
+    /// Reload: how long a new business worker may take to link to every gateway, and an old
+    /// one to drain, before the master goes on.
+    pub reload_timeout: Duration,
+    pub register: Option<RegisterConf>,
+    pub gateways: Vec<GatewayConf>,
+    pub worker: Option<WorkerConf>,
+}
+
+impl Config {
+    /// Load `file`, the `.env` next to the working directory (if any) and the environment.
+    pub fn load(file: &Path) -> Result<Config, ConfigError> {
+        raw::load(file)
+    }
+
+    /// Path of the inner Unix socket of the gateway whose inner port is `port`.
+    pub fn inner_socket_path(&self, port: u16) -> PathBuf {
+        self.run_dir.join(format!("gateway-{port}.sock"))
+    }
+
+    /// Path of the shared-memory statistics file.
+    pub fn stats_path(&self) -> PathBuf {
+        self.run_dir.join("gatewayworker.stats")
+    }
+
+    /// Number of gateway processes on this machine.
+    pub fn gateway_processes(&self) -> usize {
+        self.gateways.iter().map(|g| g.count as usize).sum()
+    }
+}
+
+/// A configuration error: the file, the key (dotted path), what is wrong and how to fix it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ConfigError {
+    pub file: PathBuf,
+    pub key: String,
+    pub problem: String,
+    pub fix: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.key.is_empty() {
+            write!(f, "config error in {}: {}", self.file.display(), self.problem)?;
+        } else {
+            write!(f, "config error in {}: key `{}`: {}", self.file.display(), self.key, self.problem)?;
+        }
+        if !self.fix.is_empty() {
+            write!(f, " (fix: {})", self.fix)?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ConfigError {}

@@ -1,0 +1,413 @@
+//! One client connection of a gateway: its stream, its protocol state (text, frame, or
+//! websocket handshake then tungstenite's frame decoder), its outgoing bytes and the
+//! GatewayWorker per-client state (session, uid, groups, heartbeat counter, route).
+//!
+//! Everything sent to the client goes through one ordered `OutBuf` that the gateway flushes
+//! once per loop turn; tungstenite's own replies (pong, close) are written into the same
+//! buffer through `WsStream`, so ordering holds and nothing blocks inside tungstenite.
+
+use std::io::{self, Read, Write};
+
+use tungstenite::error::{CapacityError, Error as WsError, ProtocolError};
+use tungstenite::protocol::{Message, Role, WebSocketConfig, WebSocketContext};
+
+use crate::config::Proto;
+use crate::net::io::Io;
+use crate::net::websocket::{self, Handshake, HandshakeRequest};
+use crate::net::{frame, text};
+use crate::reactor::{InBuf, OutBuf, Ready, would_block};
+
+/// Which worker link a client's events go to: inner slab key + that link's serial.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Route {
+    pub key: usize,
+    pub serial: u64,
+}
+
+/// Protocol state.
+enum Codec {
+    Text(InBuf),
+    Frame(InBuf),
+    /// Websocket before the 101 response: the request bytes so far.
+    Handshake(InBuf),
+    Ws(Box<WebSocketContext>),
+}
+
+/// What the next read step produced.
+#[derive(Debug)]
+pub enum Inbound {
+    /// A message; its payload is in the caller's scratch buffer.
+    Message { binary: bool },
+    /// The websocket handshake completed (the 101 is queued).
+    Upgraded(HandshakeRequest),
+    /// Nothing more until the next readable edge.
+    Idle,
+    /// The connection ended or must be failed; `reason` says why (for the log).
+    Closed(Closed),
+}
+
+/// How a connection ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Closed {
+    /// Peer closed (EOF, reset, websocket close handshake).
+    Peer,
+    /// Peer sent something invalid; the reply (error page, close frame) is queued.
+    Bad(String),
+    /// Message over the size limit.
+    TooBig(String),
+}
+
+/// Why a send did not queue anything.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SendError {
+    /// The send buffer is at its limit.
+    BufferFull,
+    /// The connection is closing.
+    Closing,
+}
+
+/// One client.
+pub struct Client {
+    pub id: u32,
+    pub io: Io,
+    codec: Codec,
+    out: OutBuf,
+    pub ready: Ready,
+    pub ip: u32,
+    pub port: u16,
+    /// PHP-serialized session ('' when never set).
+    pub session: Vec<u8>,
+    pub uid: Option<Box<[u8]>>,
+    /// Groups in join order; `None` until the first join (PHP's unset property).
+    pub groups: Option<Vec<Box<[u8]>>>,
+    pub route: Option<Route>,
+    /// Heartbeat counter (GATEWAYWORKER.md §5.2): -1 after every message.
+    pub ping: i32,
+    /// Second (of the gateway's coarse clock) of the last message, for the idle timeout.
+    pub last_active: u32,
+    /// Close once `out` is written (KICK, failed protocol).
+    pub closing: bool,
+    /// Queued for destruction at the end of the turn.
+    pub dead: bool,
+    /// In the gateway's dirty list already.
+    pub dirty: bool,
+    pub bytes_read: u64,
+    pub bytes_written: u64,
+}
+
+impl Client {
+    pub fn new(id: u32, io: Io, proto: Proto, ip: u32, port: u16, now: u32) -> Client {
+        let codec = match proto {
+            Proto::Text => Codec::Text(InBuf::default()),
+            Proto::Frame => Codec::Frame(InBuf::default()),
+            Proto::WebSocket => Codec::Handshake(InBuf::default()),
+        };
+        Client {
+            id,
+            io,
+            codec,
+            out: OutBuf::default(),
+            ready: Ready::EMPTY,
+            ip,
+            port,
+            session: Vec::new(),
+            uid: None,
+            groups: None,
+            route: None,
+            ping: -1,
+            last_active: now,
+            closing: false,
+            dead: false,
+            dirty: false,
+            bytes_read: 0,
+            bytes_written: 0,
+        }
+    }
+
+    pub fn proto(&self) -> Proto {
+        match self.codec {
+            Codec::Text(_) => Proto::Text,
+            Codec::Frame(_) => Proto::Frame,
+            Codec::Handshake(_) | Codec::Ws(_) => Proto::WebSocket,
+        }
+    }
+
+    /// Bytes waiting to be written.
+    pub fn queued(&self) -> usize {
+        self.out.len()
+    }
+
+    /// Read and decode the next inbound item. `scratch` receives a message's payload.
+    /// `max` is the largest message accepted.
+    pub fn next(&mut self, scratch: &mut Vec<u8>, max: usize, ws_cfg: &WebSocketConfig) -> Inbound {
+        if self.dead || self.closing {
+            return Inbound::Idle;
+        }
+        loop {
+            // 1. A complete message already buffered?
+            match self.decode_buffered(scratch, max, ws_cfg) {
+                Some(item) => return item,
+                None if matches!(self.codec, Codec::Ws(_)) => return Inbound::Idle,
+                None => {}
+            }
+            // 2. Read more (text, frame, handshake; tungstenite reads by itself).
+            if !self.ready.contains(Ready::READABLE) {
+                return Inbound::Idle;
+            }
+            let (Codec::Text(buf) | Codec::Frame(buf) | Codec::Handshake(buf)) = &mut self.codec else {
+                return Inbound::Idle;
+            };
+            match buf.read_from(&mut self.io, 4096) {
+                Ok(0) => return Inbound::Closed(Closed::Peer),
+                Ok(n) => self.bytes_read += n as u64,
+                Err(e) if would_block(&e) => {
+                    self.ready.remove(Ready::READABLE);
+                    return Inbound::Idle;
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Inbound::Closed(io_closed(e)),
+            }
+        }
+    }
+
+    /// Decode from what is buffered. `None` means "read more".
+    fn decode_buffered(
+        &mut self,
+        scratch: &mut Vec<u8>,
+        max: usize,
+        ws_cfg: &WebSocketConfig,
+    ) -> Option<Inbound> {
+        match &mut self.codec {
+            Codec::Text(buf) => match text::input(buf.data(), max) {
+                Ok(Some((len, used))) => {
+                    scratch.clear();
+                    scratch.extend_from_slice(&buf.data()[..len]);
+                    buf.consume(used);
+                    Some(Inbound::Message { binary: false })
+                }
+                Ok(None) => None,
+                Err(text::TooLong) => {
+                    Some(Inbound::Closed(Closed::TooBig(format!("text line over {max} bytes"))))
+                }
+            },
+            Codec::Frame(buf) => match frame::input(buf.data(), max) {
+                Ok(Some(total)) => {
+                    scratch.clear();
+                    scratch.extend_from_slice(&buf.data()[4..total]);
+                    buf.consume(total);
+                    Some(Inbound::Message { binary: false })
+                }
+                Ok(None) => None,
+                Err(frame::BadLength(n)) => {
+                    Some(Inbound::Closed(Closed::TooBig(format!("frame length {n} outside 4..={}", max + 4))))
+                }
+            },
+            Codec::Handshake(buf) => match websocket::handshake(buf.data()) {
+                Handshake::Partial => None,
+                Handshake::Rejected { response, reason } => {
+                    self.out.clear();
+                    self.out.extend(response);
+                    Some(Inbound::Closed(Closed::Bad(reason)))
+                }
+                Handshake::Accepted { response, request, consumed } => {
+                    let rest = buf.data()[consumed..].to_vec();
+                    // The 101 goes before anything queued while the handshake ran.
+                    self.out.prepend(&response);
+                    self.codec = Codec::Ws(Box::new(WebSocketContext::from_partially_read(
+                        rest,
+                        Role::Server,
+                        Some(*ws_cfg),
+                    )));
+                    // Frames may already be buffered behind the request.
+                    self.ready.insert(Ready::READABLE);
+                    Some(Inbound::Upgraded(request))
+                }
+            },
+            Codec::Ws(ctx) => Some(read_ws(
+                ctx,
+                &mut self.io,
+                &mut self.out,
+                &mut self.ready,
+                &mut self.bytes_read,
+                scratch,
+            )),
+        }
+    }
+
+    /// Queue one message encoded by the client's protocol. `raw` bytes are queued as they
+    /// are (already encoded by the sender). `limit` is the send buffer cap.
+    pub fn send(&mut self, msg: &[u8], raw: bool, binary: bool, limit: usize) -> Result<(), SendError> {
+        if self.closing || self.dead {
+            return Err(SendError::Closing);
+        }
+        if self.out.len() >= limit {
+            return Err(SendError::BufferFull);
+        }
+        let v = self.out.vec();
+        if raw {
+            v.extend_from_slice(msg);
+            return Ok(());
+        }
+        match self.codec {
+            Codec::Text(_) => text::encode(v, msg),
+            Codec::Frame(_) => frame::encode(v, msg),
+            Codec::Handshake(_) | Codec::Ws(_) => {
+                let op = if binary { websocket::OP_BINARY } else { websocket::OP_TEXT };
+                websocket::encode_frame(v, op, msg);
+            }
+        }
+        Ok(())
+    }
+
+    /// Queue bytes already encoded for this client's protocol (a broadcast encoded once).
+    pub fn send_encoded(&mut self, bytes: &[u8], limit: usize) -> Result<(), SendError> {
+        self.send(bytes, true, false, limit)
+    }
+
+    /// Start closing: whatever is queued is written, then the connection is closed.
+    pub fn close_after_flush(&mut self) {
+        self.closing = true;
+    }
+
+    /// Fail a websocket connection with a close frame carrying `code` (then close).
+    pub fn fail_ws(&mut self, code: u16) {
+        if matches!(self.codec, Codec::Ws(_)) {
+            websocket::encode_close(self.out.vec(), code);
+        }
+        self.closing = true;
+    }
+
+    /// Write queued bytes. `Ok(true)` when everything is out, `Ok(false)` when the socket
+    /// blocked (wait for WRITABLE), `Err` when the connection is broken.
+    pub fn flush(&mut self) -> io::Result<bool> {
+        if matches!(self.codec, Codec::Handshake(_)) && !self.closing {
+            // Messages sent before the websocket handshake wait for the 101.
+            return self.flush_tls_only();
+        }
+        let before = self.out.len();
+        let res = self.out.write_to(&mut self.io);
+        self.bytes_written += (before - self.out.len()) as u64;
+        match res.and_then(|()| self.io.flush()) {
+            Ok(()) => Ok(true),
+            Err(e) if would_block(&e) => {
+                self.ready.remove(Ready::WRITABLE);
+                Ok(false)
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// During a TLS handshake rustls may have records to push even though our buffer waits.
+    fn flush_tls_only(&mut self) -> io::Result<bool> {
+        match self.io.flush() {
+            Ok(()) => Ok(true),
+            Err(e) if would_block(&e) => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// TLS or websocket handshake still running.
+    pub fn handshaking(&self) -> bool {
+        matches!(self.codec, Codec::Handshake(_)) || self.io.is_handshaking()
+    }
+
+    /// True when flushing would do something.
+    pub fn wants_flush(&self) -> bool {
+        !self.out.is_empty() || self.io.wants_write()
+    }
+
+    /// Drop buffers before destruction.
+    pub fn release(&mut self) {
+        self.out.clear();
+    }
+}
+
+/// One step of the open websocket: the next data message, or the end.
+fn read_ws(
+    ctx: &mut WebSocketContext,
+    io: &mut Io,
+    out: &mut OutBuf,
+    ready: &mut Ready,
+    bytes_read: &mut u64,
+    scratch: &mut Vec<u8>,
+) -> Inbound {
+    let mut stream = WsStream { io, out, read: 0 };
+    loop {
+        let res = ctx.read(&mut stream);
+        *bytes_read += std::mem::take(&mut stream.read);
+        match res {
+            Ok(Message::Text(t)) => {
+                scratch.clear();
+                scratch.extend_from_slice(t.as_bytes());
+                return Inbound::Message { binary: false };
+            }
+            Ok(Message::Binary(b)) => {
+                scratch.clear();
+                scratch.extend_from_slice(&b);
+                return Inbound::Message { binary: true };
+            }
+            Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_) | Message::Close(_)) => {}
+            Err(WsError::Io(e)) if would_block(&e) => {
+                ready.remove(Ready::READABLE);
+                return Inbound::Idle;
+            }
+            Err(WsError::Io(e)) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(WsError::ConnectionClosed | WsError::AlreadyClosed) => return Inbound::Closed(Closed::Peer),
+            Err(WsError::Protocol(ProtocolError::ResetWithoutClosingHandshake)) => {
+                return Inbound::Closed(Closed::Peer);
+            }
+            Err(WsError::Io(e)) => return Inbound::Closed(io_closed(e)),
+            Err(e) => {
+                let (code, closed) = match &e {
+                    WsError::Capacity(CapacityError::MessageTooLong { .. }) => {
+                        (1009, Closed::TooBig(e.to_string()))
+                    }
+                    WsError::Capacity(_) => (1009, Closed::TooBig(e.to_string())),
+                    WsError::Utf8(_) => (1007, Closed::Bad(e.to_string())),
+                    _ => (1002, Closed::Bad(e.to_string())),
+                };
+                websocket::encode_close(out.vec(), code);
+                return Inbound::Closed(closed);
+            }
+        }
+    }
+}
+
+fn io_closed(e: io::Error) -> Closed {
+    match e.kind() {
+        io::ErrorKind::ConnectionReset | io::ErrorKind::BrokenPipe | io::ErrorKind::UnexpectedEof => {
+            Closed::Peer
+        }
+        _ => Closed::Bad(format!("read error: {e}")),
+    }
+}
+
+/// The stream tungstenite sees: reads come from the socket, writes go to our ordered
+/// buffer (never blocking, never `Ok(0)`), flushed by the gateway at the end of the turn.
+struct WsStream<'a> {
+    io: &'a mut Io,
+    out: &'a mut OutBuf,
+    read: u64,
+}
+
+impl Read for WsStream<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.io.read(buf)?;
+        self.read += n as u64;
+        Ok(n)
+    }
+}
+
+impl Write for WsStream<'_> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.out.extend(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,176 @@
+//! The client state machine over a real non-blocking socket pair: the peer writes in small
+//! pieces (short reads, `WouldBlock` in between) and stops reading (our writes block).
+
+use std::io::{Read, Write};
+
+use super::*;
+use crate::net::websocket::config;
+
+fn pair(proto: Proto) -> (Client, std::os::unix::net::UnixStream) {
+    let (a, b) = std::os::unix::net::UnixStream::pair().unwrap();
+    a.set_nonblocking(true).unwrap();
+    let mut c = Client::new(1, Io::Unix(mio::net::UnixStream::from_std(a)), proto, 0x7f000001, 4000, 0);
+    c.ready = Ready::READABLE | Ready::WRITABLE;
+    (c, b)
+}
+
+/// Drive `next` until it stops producing items; collect messages.
+fn drain(c: &mut Client) -> (Vec<(Vec<u8>, bool)>, Vec<Inbound>) {
+    let cfg = config(1024);
+    let mut scratch = Vec::new();
+    let mut msgs = Vec::new();
+    let mut other = Vec::new();
+    c.ready.insert(Ready::READABLE);
+    loop {
+        match c.next(&mut scratch, 1024, &cfg) {
+            Inbound::Message { binary } => msgs.push((scratch.clone(), binary)),
+            Inbound::Idle => return (msgs, other),
+            Inbound::Closed(x) => {
+                other.push(Inbound::Closed(x));
+                return (msgs, other);
+            }
+            up @ Inbound::Upgraded(_) => other.push(up),
+        }
+    }
+}
+
+fn peer_read(peer: &mut std::os::unix::net::UnixStream) -> Vec<u8> {
+    peer.set_nonblocking(true).unwrap();
+    let mut out = Vec::new();
+    let mut buf = [0u8; 65536];
+    while let Ok(n) = peer.read(&mut buf) {
+        if n == 0 {
+            break;
+        }
+        out.extend_from_slice(&buf[..n]);
+    }
+    out
+}
+
+fn masked(op: u8, payload: &[u8]) -> Vec<u8> {
+    let mask = [9, 8, 7, 6];
+    let mut f = vec![0x80 | op, 0x80 | payload.len() as u8];
+    f.extend_from_slice(&mask);
+    f.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+    f
+}
+
+const HANDSHAKE: &[u8] = b"GET /x HTTP/1.1\r\nHost: h\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n";
+
+#[test]
+fn text_lines_split_across_reads() {
+    let (mut c, mut peer) = pair(Proto::Text);
+    peer.write_all(b"hel").unwrap();
+    assert!(drain(&mut c).0.is_empty(), "half a line is not a message");
+    assert!(!c.ready.contains(Ready::READABLE), "WouldBlock clears the ready bit");
+    peer.write_all(b"lo\r\nwor").unwrap();
+    assert_eq!(drain(&mut c).0, vec![(b"hello".to_vec(), false)]);
+    peer.write_all(b"ld\n\n").unwrap();
+    assert_eq!(drain(&mut c).0, vec![(b"world".to_vec(), false), (b"".to_vec(), false)]);
+    peer.write_all(&[b'x'; 2000]).unwrap();
+    let (_, other) = drain(&mut c);
+    assert!(matches!(other.as_slice(), [Inbound::Closed(Closed::TooBig(_))]));
+}
+
+#[test]
+fn frame_header_split_across_reads() {
+    let (mut c, mut peer) = pair(Proto::Frame);
+    peer.write_all(&[0, 0]).unwrap();
+    assert!(drain(&mut c).0.is_empty());
+    peer.write_all(&[0, 7, b'a', b'b']).unwrap();
+    assert!(drain(&mut c).0.is_empty());
+    peer.write_all(&[b'c', 0, 0, 0, 4]).unwrap();
+    assert_eq!(drain(&mut c).0, vec![(b"abc".to_vec(), false), (b"".to_vec(), false)]);
+    peer.write_all(&[0, 0, 0, 2]).unwrap();
+    assert!(matches!(drain(&mut c).1.as_slice(), [Inbound::Closed(Closed::TooBig(_))]));
+}
+
+#[test]
+fn websocket_messages_before_the_handshake_follow_the_101() {
+    let (mut c, mut peer) = pair(Proto::WebSocket);
+    c.send(b"early", false, false, 1 << 20).unwrap();
+    assert!(c.flush().unwrap(), "nothing may be written before the 101");
+    assert!(peer_read(&mut peer).is_empty());
+    peer.write_all(&HANDSHAKE[..30]).unwrap();
+    assert!(drain(&mut c).1.is_empty());
+    let mut rest = HANDSHAKE[30..].to_vec();
+    rest.extend(masked(1, b"hi"));
+    peer.write_all(&rest).unwrap();
+    let (msgs, other) = drain(&mut c);
+    assert!(matches!(other.as_slice(), [Inbound::Upgraded(r)] if r.uri == "/x"));
+    assert_eq!(msgs, vec![(b"hi".to_vec(), false)], "a frame behind the request is not lost");
+    assert!(c.flush().unwrap());
+    let got = peer_read(&mut peer);
+    let head_end = got.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
+    assert!(got.starts_with(b"HTTP/1.1 101 Switching Protocol\r\n"));
+    assert_eq!(&got[head_end..], b"\x81\x05early");
+}
+
+#[test]
+fn websocket_binary_ping_and_close() {
+    let (mut c, mut peer) = pair(Proto::WebSocket);
+    peer.write_all(HANDSHAKE).unwrap();
+    drain(&mut c);
+    c.flush().unwrap();
+    peer_read(&mut peer);
+    let mut frames = masked(2, &[0, 1, 255]);
+    frames.extend(masked(9, b"pp"));
+    peer.write_all(&frames).unwrap();
+    assert_eq!(drain(&mut c).0, vec![(vec![0, 1, 255], true)]);
+    c.send(b"after", false, false, 1 << 20).unwrap();
+    c.flush().unwrap();
+    assert_eq!(peer_read(&mut peer), b"\x8a\x02pp\x81\x05after", "pong first, in order");
+    peer.write_all(&masked(8, &[3, 232])).unwrap();
+    let (_, other) = drain(&mut c);
+    assert!(matches!(other.as_slice(), [Inbound::Closed(Closed::Peer)]));
+    c.flush().unwrap();
+    assert_eq!(peer_read(&mut peer), [0x88, 2, 3, 232], "close frame answered");
+}
+
+#[test]
+fn websocket_protocol_errors_queue_a_close_frame() {
+    let (mut c, mut peer) = pair(Proto::WebSocket);
+    peer.write_all(HANDSHAKE).unwrap();
+    drain(&mut c);
+    c.flush().unwrap();
+    peer_read(&mut peer);
+    peer.write_all(&[0x81, 0x02, b'n', b'o']).unwrap(); // unmasked
+    assert!(matches!(drain(&mut c).1.as_slice(), [Inbound::Closed(Closed::Bad(_))]));
+    c.flush().unwrap();
+    assert_eq!(peer_read(&mut peer), [0x88, 2, 0x03, 0xea], "1002 protocol error");
+}
+
+#[test]
+fn blocked_writes_keep_order_and_respect_the_limit() {
+    let (mut c, mut peer) = pair(Proto::Text);
+    let line = vec![b'z'; 1000];
+    let mut sent = 0usize;
+    // Fill the socket and our buffer until the limit refuses more.
+    loop {
+        match c.send(&line, false, false, 256 * 1024) {
+            Ok(()) => sent += 1,
+            Err(SendError::BufferFull) => break,
+            Err(e) => panic!("{e:?}"),
+        }
+        if !c.flush().unwrap() && c.queued() >= 256 * 1024 {
+            continue;
+        }
+    }
+    assert!(!c.ready.contains(Ready::WRITABLE), "a blocked write clears the ready bit");
+    assert!(c.queued() >= 256 * 1024);
+    // The peer reads; we flush until everything is out.
+    let mut got = Vec::new();
+    peer.set_nonblocking(true).unwrap();
+    let mut buf = vec![0u8; 65536];
+    while got.len() < sent * 1001 {
+        match peer.read(&mut buf) {
+            Ok(n) => got.extend_from_slice(&buf[..n]),
+            Err(_) => {
+                c.ready.insert(Ready::WRITABLE);
+                c.flush().unwrap();
+            }
+        }
+    }
+    assert_eq!(got.len(), sent * 1001);
+    assert!(got.chunks(1001).all(|l| l[..1000] == line[..] && l[1000] == b'\n'));
+}

@@ -1,0 +1,488 @@
+//! The master process: binds every listening socket once and keeps it for its whole life,
+//! creates the statistics region, fork+execs the register, the gateways and the business
+//! workers, re-spawns a child that dies (same slot, same listeners, with backoff), reloads
+//! business workers new-before-old, and stops everything. It never touches client traffic.
+
+mod reload;
+mod spawn;
+
+use std::io;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use log::{error, info, warn};
+use mio::Token;
+use slab::Slab;
+
+use crate::config::{Config, MachineType};
+use crate::net::listener::{bind_tcp, bind_unix};
+use crate::reactor::{Ctx, Reactor, Ready, Service};
+use crate::stats::{Role, Shm, Slot, State};
+
+pub use spawn::{describe, signal};
+
+/// Signals every child handles (through its reactor).
+pub const CHILD_SIGNALS: [i32; 6] =
+    [libc::SIGINT, libc::SIGTERM, libc::SIGHUP, libc::SIGQUIT, libc::SIGUSR1, libc::SIGUSR2];
+
+/// Signals the master handles.
+const MASTER_SIGNALS: [i32; 7] =
+    [libc::SIGCHLD, libc::SIGINT, libc::SIGTERM, libc::SIGHUP, libc::SIGQUIT, libc::SIGUSR1, libc::SIGUSR2];
+
+/// SIGINT, SIGTERM, SIGHUP: stop now (workerman's table).
+pub fn is_stop_signal(sig: i32) -> bool {
+    matches!(sig, libc::SIGINT | libc::SIGTERM | libc::SIGHUP)
+}
+
+/// A child that did not live this long before dying counts as a failed start.
+const MIN_LIFETIME: Duration = Duration::from_secs(1);
+const MAX_BACKOFF: Duration = Duration::from_secs(30);
+
+/// What a child process is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    Register,
+    Gateway { group: usize, id: u16, fds: usize },
+    Worker { id: u16 },
+}
+
+/// One child slot of the process table.
+pub struct Proc {
+    pub kind: Kind,
+    pub slot: usize,
+    pub pid: Option<u32>,
+    pub started: Instant,
+    /// Consecutive deaths shortly after start (drives the respawn backoff).
+    pub quick_deaths: u32,
+    /// Being replaced or stopped on purpose: not re-spawned when it exits.
+    pub retiring: bool,
+    /// Reload generation, part of a worker's key at the gateways.
+    pub generation: u64,
+}
+
+/// Listening sockets owned by the master.
+struct Listeners {
+    register: Option<OwnedFd>,
+    /// One public listener per gateway group.
+    public: Vec<OwnedFd>,
+    /// Per gateway process: (inner TCP, inner Unix socket, its path).
+    inner: Vec<(OwnedFd, OwnedFd, PathBuf)>,
+}
+
+/// Master timers.
+pub enum Timer {
+    Tick,
+    Respawn(usize),
+    Kill,
+    ReloadCheck,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Phase {
+    Running,
+    /// Graceful stop, first step: business workers drain.
+    StoppingWorkers,
+    Stopping,
+    Done,
+}
+
+pub struct Master {
+    cfg: Config,
+    conf: PathBuf,
+    exe: PathBuf,
+    listeners: Listeners,
+    procs: Slab<Proc>,
+    shm: Shm,
+    free_slots: Vec<usize>,
+    phase: Phase,
+    reload: reload::Reload,
+    generation: u64,
+    child_env: Vec<(String, String)>,
+    kill_at: Option<Instant>,
+}
+
+/// Bind every listener of `cfg`; errors name the config key to fix.
+fn bind_all(cfg: &Config) -> Result<Listeners, String> {
+    let mut l = Listeners { register: None, public: Vec::new(), inner: Vec::new() };
+    if cfg.machine_type == MachineType::Worker {
+        return Ok(l);
+    }
+    let file = cfg.file.display();
+    if let Some(r) = &cfg.register {
+        l.register = Some(bind_tcp(r.listen).map_err(|e| {
+            format!("config error in {file}: key `register.listen`: cannot listen on {}: {e} (fix: stop what uses the port or choose another)", r.listen)
+        })?);
+    }
+    std::fs::create_dir_all(&cfg.run_dir).map_err(|e| {
+        format!("config error in {file}: key `run_dir`: cannot create {}: {e}", cfg.run_dir.display())
+    })?;
+    for (gi, g) in cfg.gateways.iter().enumerate() {
+        l.public.push(bind_tcp(g.listen).map_err(|e| {
+            format!("config error in {file}: key `gateway[{gi}].listen`: cannot listen on {}: {e} (fix: stop what uses the port or choose another)", g.listen)
+        })?);
+        for id in 0..g.count {
+            let port = g.start_port + id;
+            let addr = std::net::SocketAddr::new(std::net::IpAddr::V4(cfg.lan_ip), port);
+            let tcp = bind_tcp(addr).map_err(|e| {
+                format!("config error in {file}: key `gateway[{gi}].start_port`: cannot listen on inner port {addr}: {e} (fix: choose a free range, or check lan_ip is an address of this machine)")
+            })?;
+            let path = cfg.inner_socket_path(port);
+            let unix = bind_unix(&path).map_err(|e| {
+                format!("config error in {file}: key `run_dir`: cannot create socket {}: {e}", path.display())
+            })?;
+            l.inner.push((tcp, unix, path));
+        }
+    }
+    Ok(l)
+}
+
+impl Master {
+    /// Bind, create the statistics region, build the process table. Nothing is spawned yet.
+    pub fn new(cfg: Config, conf: PathBuf, exe: PathBuf, daemon: bool) -> Result<Master, String> {
+        let listeners = bind_all(&cfg)?;
+        std::fs::create_dir_all(&cfg.run_dir)
+            .map_err(|e| format!("cannot create run_dir {}: {e}", cfg.run_dir.display()))?;
+        let mut procs = Vec::new();
+        if cfg.machine_type != MachineType::Worker {
+            procs.push(Kind::Register);
+            let mut fds = 0;
+            for (gi, g) in cfg.gateways.iter().enumerate() {
+                for id in 0..g.count {
+                    procs.push(Kind::Gateway { group: gi, id, fds });
+                    fds += 1;
+                }
+            }
+        }
+        let workers = if cfg.machine_type == MachineType::Master {
+            0
+        } else {
+            cfg.worker.as_ref().map_or(0, |w| w.count)
+        };
+        for id in 0..workers {
+            procs.push(Kind::Worker { id });
+        }
+        // Slot 0: master; one per process; spares for reload replacements.
+        let slots = 1 + procs.len() + workers as usize + 1;
+        let shm = Shm::create(&cfg.stats_path(), slots)
+            .map_err(|e| format!("cannot create statistics file {}: {e}", cfg.stats_path().display()))?;
+        let h = shm.header();
+        h.master_pid.store(std::process::id(), std::sync::atomic::Ordering::Relaxed);
+        h.daemon.store(daemon as u32, std::sync::atomic::Ordering::Relaxed);
+        if let Some(s) = shm.slot(0) {
+            s.claim(Role::Master, 0, "master", "none");
+            s.pid.store(std::process::id(), std::sync::atomic::Ordering::Relaxed);
+            s.set_state(State::Ready);
+        }
+        let mut table = Slab::new();
+        for (i, kind) in procs.into_iter().enumerate() {
+            table.insert(Proc {
+                kind,
+                slot: i + 1,
+                pid: None,
+                started: Instant::now(),
+                quick_deaths: 0,
+                retiring: false,
+                generation: 0,
+            });
+        }
+        let procs = table;
+        let free_slots = (procs.len() + 1..slots).rev().collect();
+        let mut child_env = Vec::new();
+        if daemon {
+            child_env.push(("GW_LOG_FILE".to_string(), cfg.log_file.display().to_string()));
+        }
+        Ok(Master {
+            cfg,
+            conf,
+            exe,
+            listeners,
+            procs,
+            shm,
+            free_slots,
+            phase: Phase::Running,
+            reload: reload::Reload::default(),
+            generation: 0,
+            child_env,
+            kill_at: None,
+        })
+    }
+
+    /// The process table's lines for the start banner: (name, listen, count).
+    pub fn banner(&self) -> Vec<(String, String, usize)> {
+        let mut rows = Vec::new();
+        if let Some(r) = self.cfg.register.as_ref().filter(|_| self.cfg.machine_type != MachineType::Worker) {
+            rows.push(("Register".to_string(), format!("text://{}", r.listen), 1));
+        }
+        if self.cfg.machine_type != MachineType::Worker {
+            for g in &self.cfg.gateways {
+                rows.push((
+                    g.name.clone(),
+                    format!("{}://{}", g.proto.scheme(g.tls.is_some()), g.listen),
+                    g.count as usize,
+                ));
+            }
+        }
+        if let Some(w) = self.cfg.worker.as_ref().filter(|_| self.cfg.machine_type != MachineType::Master) {
+            rows.push((w.name.clone(), "none".to_string(), w.count as usize));
+        }
+        rows
+    }
+
+    /// Run until everything stopped. Returns the process exit code.
+    pub fn run(mut self) -> io::Result<i32> {
+        let mut reactor = Reactor::new()?;
+        reactor.watch_signals(&MASTER_SIGNALS)?;
+        {
+            let mut cx = reactor.ctx();
+            let keys: Vec<usize> = self.procs.iter().map(|(k, _)| k).collect();
+            for i in keys {
+                self.start_proc(&mut cx, i);
+            }
+            cx.after(Duration::from_secs(1), Timer::Tick);
+        }
+        reactor.run(&mut self)?;
+        self.cleanup();
+        Ok(0)
+    }
+
+    fn names(&self, kind: Kind) -> (Role, &'static str, String, String) {
+        match kind {
+            Kind::Register => {
+                let listen =
+                    self.cfg.register.as_ref().map(|r| format!("text://{}", r.listen)).unwrap_or_default();
+                (Role::Register, "register", "Register".into(), listen)
+            }
+            Kind::Gateway { group, .. } => {
+                let g = &self.cfg.gateways[group];
+                (
+                    Role::Gateway,
+                    "gateway",
+                    g.name.clone(),
+                    format!("{}://{}", g.proto.scheme(g.tls.is_some()), g.listen),
+                )
+            }
+            Kind::Worker { .. } => {
+                let name = self.cfg.worker.as_ref().map(|w| w.name.clone()).unwrap_or_default();
+                (Role::Worker, "worker", name, "none".into())
+            }
+        }
+    }
+
+    /// Spawn the child of process-table entry `i`. On failure the entry waits for a retry.
+    fn start_proc(&mut self, cx: &mut Ctx<'_, Timer>, i: usize) -> bool {
+        match self.spawn_proc(i) {
+            Ok(pid) => {
+                let p = &mut self.procs[i];
+                p.pid = Some(pid);
+                p.started = Instant::now();
+                true
+            }
+            Err(e) => {
+                error!("cannot start {:?}: {e}", self.procs[i].kind);
+                self.schedule_respawn(cx, i);
+                false
+            }
+        }
+    }
+
+    fn spawn_proc(&self, i: usize) -> io::Result<u32> {
+        let p = &self.procs[i];
+        let (role, role_arg, name, listen) = self.names(p.kind);
+        let (group, id) = match p.kind {
+            Kind::Register => (0, 0),
+            Kind::Gateway { group, id, .. } => (group, id),
+            Kind::Worker { id } => (0, id),
+        };
+        let fds: Vec<(&'static str, i32)> = match p.kind {
+            Kind::Register => self.listeners.register.iter().map(|f| ("register", f.as_raw_fd())).collect(),
+            Kind::Gateway { group, fds, .. } => {
+                let (tcp, unix, _) = &self.listeners.inner[fds];
+                vec![
+                    ("public", self.listeners.public[group].as_raw_fd()),
+                    ("inner_tcp", tcp.as_raw_fd()),
+                    ("inner_unix", unix.as_raw_fd()),
+                ]
+            }
+            Kind::Worker { .. } => Vec::new(),
+        };
+        if let Some(slot) = self.shm.slot(p.slot) {
+            slot.claim(role, id as u32, &name, &listen);
+        }
+        let mut env = self.child_env.clone();
+        env.push(("GW_GENERATION".into(), p.generation.to_string()));
+        spawn::spawn(&spawn::SpawnSpec {
+            exe: &self.exe,
+            conf: &self.conf,
+            role: role_arg,
+            group,
+            id,
+            slot: p.slot,
+            fds,
+            env,
+        })
+    }
+
+    fn schedule_respawn(&mut self, cx: &mut Ctx<'_, Timer>, i: usize) {
+        let p = &mut self.procs[i];
+        p.quick_deaths += 1;
+        let delay = Duration::from_millis(500 * (1u64 << p.quick_deaths.min(6))).min(MAX_BACKOFF);
+        warn!("{:?} keeps failing at start; next attempt in {delay:?}", p.kind);
+        cx.after(delay, Timer::Respawn(i));
+    }
+
+    /// A child exited: record it, then re-spawn it unless it was retired or we stop.
+    fn on_exit(&mut self, cx: &mut Ctx<'_, Timer>, pid: u32, status: i32) {
+        let Some(i) = self.procs.iter().find(|(_, p)| p.pid == Some(pid)).map(|(k, _)| k) else { return };
+        if self.reload_probation_failed(i, status) {
+            return;
+        }
+        let (_, _, name, _) = self.names(self.procs[i].kind);
+        let p = &mut self.procs[i];
+        p.pid = None;
+        if let Some(slot) = self.shm.slot(p.slot) {
+            Slot::bump(&slot.exit_count);
+            Slot::set(&slot.last_exit_status, status as u64);
+            slot.set_state(State::Exited);
+        }
+        if p.retiring || self.phase != Phase::Running {
+            info!("{name}[{pid}] exited ({})", describe(status));
+            self.after_retired_exit(cx, i);
+            return;
+        }
+        warn!("worker[{name}:{pid}] exit with status {status} ({}); restarting it", describe(status));
+        if p.started.elapsed() < MIN_LIFETIME {
+            self.schedule_respawn(cx, i);
+        } else {
+            p.quick_deaths = 0;
+            self.start_proc(cx, i);
+        }
+    }
+
+    fn live_pids(&self, filter: impl Fn(&Kind) -> bool) -> Vec<u32> {
+        self.procs.iter().filter(|(_, p)| filter(&p.kind)).filter_map(|(_, p)| p.pid).collect()
+    }
+
+    /// Begin stopping. Graceful: business workers drain first, then the rest stop.
+    fn stop(&mut self, cx: &mut Ctx<'_, Timer>, graceful: bool) {
+        if matches!(self.phase, Phase::Stopping | Phase::Done) {
+            return;
+        }
+        self.reload.abort();
+        if graceful && self.phase == Phase::Running {
+            info!("graceful stop: business workers drain first");
+            self.phase = Phase::StoppingWorkers;
+            for pid in self.live_pids(|k| matches!(k, Kind::Worker { .. })) {
+                spawn::signal(pid, libc::SIGQUIT);
+            }
+            self.kill_at = Some(Instant::now() + self.cfg.stop_timeout.max(Duration::from_secs(5)));
+            cx.after(Duration::from_millis(50), Timer::Kill);
+            self.maybe_done(cx);
+            return;
+        }
+        info!("stopping");
+        self.phase = Phase::Stopping;
+        for pid in self.live_pids(|_| true) {
+            spawn::signal(pid, libc::SIGTERM);
+        }
+        self.kill_at = Some(Instant::now() + self.cfg.stop_timeout);
+        cx.after(Duration::from_millis(50), Timer::Kill);
+        self.maybe_done(cx);
+    }
+
+    fn maybe_done(&mut self, cx: &mut Ctx<'_, Timer>) {
+        match self.phase {
+            Phase::StoppingWorkers if self.live_pids(|k| matches!(k, Kind::Worker { .. })).is_empty() => {
+                self.phase = Phase::Running;
+                self.stop(cx, false);
+            }
+            Phase::Stopping if self.procs.iter().all(|(_, p)| p.pid.is_none()) => self.phase = Phase::Done,
+            _ => {}
+        }
+    }
+
+    /// Remove what the run left behind (sockets, statistics).
+    fn cleanup(&mut self) {
+        for (_, _, path) in &self.listeners.inner {
+            let _ = std::fs::remove_file(path);
+        }
+        let _ = std::fs::remove_file(self.cfg.stats_path());
+        info!("stopped");
+    }
+}
+
+impl Service for Master {
+    type Timer = Timer;
+
+    fn on_ready(&mut self, _cx: &mut Ctx<'_, Timer>, _token: Token, _ready: Ready) {}
+
+    fn on_timer(&mut self, cx: &mut Ctx<'_, Timer>, timer: Timer) {
+        match timer {
+            Timer::Tick => {
+                if let Some(s) = self.shm.slot(0) {
+                    s.tick();
+                    Slot::set(&s.timers, cx.timers.len() as u64 + 1);
+                }
+                cx.after(Duration::from_secs(1), Timer::Tick);
+            }
+            Timer::Respawn(i) => {
+                if self.phase == Phase::Running
+                    && self.procs.get(i).is_some_and(|p| p.pid.is_none() && !p.retiring)
+                {
+                    self.start_proc(cx, i);
+                }
+            }
+            Timer::Kill => {
+                if self.phase == Phase::Done {
+                    return;
+                }
+                if self.kill_at.is_some_and(|t| Instant::now() >= t) {
+                    let targets: Vec<u32> = if self.phase == Phase::StoppingWorkers {
+                        self.live_pids(|k| matches!(k, Kind::Worker { .. }))
+                    } else {
+                        self.live_pids(|_| true)
+                    };
+                    for pid in targets {
+                        warn!("process {pid} did not stop in time; killing it");
+                        spawn::signal(pid, libc::SIGKILL);
+                    }
+                    self.kill_at = Some(Instant::now() + Duration::from_secs(2));
+                }
+                cx.after(Duration::from_millis(50), Timer::Kill);
+            }
+            Timer::ReloadCheck => self.reload_check(cx),
+        }
+    }
+
+    fn on_signal(&mut self, cx: &mut Ctx<'_, Timer>, signal: i32) {
+        match signal {
+            libc::SIGCHLD => {
+                for exit in spawn::reap() {
+                    self.on_exit(cx, exit.pid, exit.status);
+                }
+                self.maybe_done(cx);
+            }
+            libc::SIGQUIT => self.stop(cx, true),
+            libc::SIGUSR1 | libc::SIGUSR2 => self.begin_reload(cx),
+            s if is_stop_signal(s) => self.stop(cx, false),
+            _ => {}
+        }
+    }
+
+    fn end_of_turn(&mut self, _cx: &mut Ctx<'_, Timer>) -> bool {
+        false
+    }
+
+    fn should_stop(&self) -> bool {
+        self.phase == Phase::Done
+    }
+}
+
+/// Absolute form of `p` (relative to the working directory).
+pub fn absolute(p: &Path) -> PathBuf {
+    if p.is_absolute() {
+        p.to_path_buf()
+    } else {
+        std::env::current_dir().map(|d| d.join(p)).unwrap_or_else(|_| p.to_path_buf())
+    }
+}

@@ -1,0 +1,84 @@
+use super::*;
+use crate::wire::php;
+
+const SAMPLE: &str = "GET /chat?token=abc&x[]=1&x[]=2&name=J%C3%BCrgen&empty= HTTP/1.1\r\nHost: 127.0.0.1:14272\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\nOrigin: http://example.com\r\nUser-Agent: compat-test/1\r\nCookie: sid=s1; theme=dark; enc=a%20b\r\nX-Custom-Header: v1\r\n\r\n";
+
+#[test]
+fn accepts_with_workermans_response_bytes() {
+    let Handshake::Accepted { response, request, consumed } = handshake(SAMPLE.as_bytes()) else {
+        panic!("not accepted")
+    };
+    assert_eq!(consumed, SAMPLE.len());
+    assert_eq!(
+        response,
+        b"HTTP/1.1 101 Switching Protocol\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n\r\n"
+    );
+    assert_eq!(request.header("x-custom-header"), Some(&b"v1"[..]));
+}
+
+#[test]
+fn waits_for_the_whole_request_and_keeps_what_follows() {
+    for cut in [0, 1, 20, SAMPLE.len() - 1] {
+        assert!(matches!(handshake(&SAMPLE.as_bytes()[..cut]), Handshake::Partial), "cut {cut}");
+    }
+    let mut with_frame = SAMPLE.as_bytes().to_vec();
+    with_frame.extend_from_slice(&[0x81, 0x80, 1, 2, 3, 4]);
+    let Handshake::Accepted { consumed, .. } = handshake(&with_frame) else { panic!() };
+    assert_eq!(&with_frame[consumed..], &[0x81, 0x80, 1, 2, 3, 4]);
+}
+
+#[test]
+fn rejects_like_workerman() {
+    let no_key = "GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\n\r\n";
+    let v12 = "GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 12\r\n\r\n";
+    let post = "POST / HTTP/1.1\r\nHost: x\r\n\r\n";
+    for (req, status) in
+        [(no_key, "400"), (v12, "426"), (post, "400"), ("\x16\x03\x01garbage\r\n\r\n", "400")]
+    {
+        match handshake(req.as_bytes()) {
+            Handshake::Rejected { response, reason } => {
+                assert!(response.starts_with(format!("HTTP/1.1 {status}").as_bytes()), "{reason}");
+                assert!(!reason.is_empty());
+            }
+            other => panic!("{req:?}: {other:?}"),
+        }
+    }
+    let huge = format!("GET / HTTP/1.1\r\nX: {}\r\n", "a".repeat(MAX_REQUEST));
+    assert!(matches!(handshake(huge.as_bytes()), Handshake::Rejected { .. }));
+}
+
+#[test]
+fn connect_data_matches_gatewayworker_bytes() {
+    // Body of the captured CMD_ON_WEBSOCKET_CONNECT for this request (client port 46942).
+    let expected = r#"a:3:{s:3:"get";a:4:{s:5:"token";s:3:"abc";s:1:"x";a:2:{i:0;s:1:"1";i:1;s:1:"2";}s:4:"name";s:7:"Jürgen";s:5:"empty";s:0:"";}s:6:"server";a:18:{s:12:"QUERY_STRING";s:45:"token=abc&x[]=1&x[]=2&name=J%C3%BCrgen&empty=";s:14:"REQUEST_METHOD";s:3:"GET";s:11:"REQUEST_URI";s:51:"/chat?token=abc&x[]=1&x[]=2&name=J%C3%BCrgen&empty=";s:15:"SERVER_PROTOCOL";s:8:"HTTP/1.1";s:11:"SERVER_NAME";s:15:"127.0.0.1:14272";s:12:"CONTENT_TYPE";N;s:11:"REMOTE_ADDR";s:9:"127.0.0.1";s:11:"REMOTE_PORT";i:46942;s:11:"SERVER_PORT";i:14272;s:9:"HTTP_HOST";s:15:"127.0.0.1:14272";s:12:"HTTP_UPGRADE";s:9:"websocket";s:15:"HTTP_CONNECTION";s:7:"Upgrade";s:22:"HTTP_SEC_WEBSOCKET_KEY";s:24:"dGhlIHNhbXBsZSBub25jZQ==";s:26:"HTTP_SEC_WEBSOCKET_VERSION";s:2:"13";s:11:"HTTP_ORIGIN";s:18:"http://example.com";s:15:"HTTP_USER_AGENT";s:13:"compat-test/1";s:11:"HTTP_COOKIE";s:29:"sid=s1; theme=dark; enc=a%20b";s:20:"HTTP_X_CUSTOM_HEADER";s:2:"v1";}s:6:"cookie";a:3:{s:3:"sid";s:2:"s1";s:5:"theme";s:4:"dark";s:3:"enc";s:5:"a%20b";}}"#;
+    let Handshake::Accepted { request, .. } = handshake(SAMPLE.as_bytes()) else { panic!() };
+    let data = connect_data(&request, "127.0.0.1", 46942, 14272);
+    assert_eq!(String::from_utf8(php::serialize(&data)).unwrap(), expected);
+}
+
+#[test]
+fn parse_str_follows_php() {
+    let a = parse_str(b"a=1&b[]=x&b[]=y&c[k]=v&d+e=%41&f&a.b=2&n[x][]=1");
+    let s = String::from_utf8(php::serialize_array(&a)).unwrap();
+    assert_eq!(
+        s,
+        r#"a:7:{s:1:"a";s:1:"1";s:1:"b";a:2:{i:0;s:1:"x";i:1;s:1:"y";}s:1:"c";a:1:{s:1:"k";s:1:"v";}s:3:"d_e";s:1:"A";s:1:"f";s:0:"";s:3:"a_b";s:1:"2";s:1:"n";a:1:{s:1:"x";a:1:{i:0;s:1:"1";}}}"#
+    );
+    assert_eq!(url_decode(b"%zz%4"), b"%zz%4");
+}
+
+#[test]
+fn frames_use_the_shortest_length_form() {
+    let mut out = Vec::new();
+    encode_frame(&mut out, OP_TEXT, b"hi");
+    assert_eq!(out, b"\x81\x02hi");
+    out.clear();
+    encode_frame(&mut out, OP_BINARY, &[0u8; 126]);
+    assert_eq!(&out[..4], &[0x82, 126, 0, 126]);
+    out.clear();
+    encode_frame(&mut out, OP_TEXT, &vec![0u8; 70_000]);
+    assert_eq!(&out[..10], &[0x81, 127, 0, 0, 0, 0, 0, 1, 0x11, 0x70]);
+    out.clear();
+    encode_close(&mut out, 1000);
+    assert_eq!(out, [0x88, 2, 3, 0xe8]);
+}

@@ -1,0 +1,366 @@
+//! The register: the cluster's address book. Gateways announce their inner address, business
+//! workers (and GatewayClients) receive the list and every change of it. It never carries
+//! client traffic (GATEWAYWORKER.md §1.2).
+
+use std::io;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use log::{info, warn};
+use mio::net::TcpListener;
+use mio::{Interest, Token};
+use slab::Slab;
+
+use crate::config::Config;
+use crate::net::io::Io;
+use crate::reactor::{Ctx, InBuf, OutBuf, Reactor, Ready, Service, TimerId, would_block};
+use crate::stats::{Slot, State, Stats};
+use crate::wire::register::{self as lines, Request};
+
+const LISTENER: Token = Token(0);
+/// A line longer than this is not a register request.
+const MAX_LINE: usize = 64 * 1024;
+
+/// Timers of the register.
+pub enum Timer {
+    /// A connection that has not identified itself in time.
+    Auth {
+        key: usize,
+        serial: u64,
+    },
+    Tick,
+}
+
+/// What a connection turned out to be.
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Kind {
+    Unknown,
+    Gateway(String),
+    Worker,
+}
+
+struct Conn {
+    io: Io,
+    peer: SocketAddr,
+    serial: u64,
+    kind: Kind,
+    ready: Ready,
+    inbuf: InBuf,
+    out: OutBuf,
+    auth_timer: Option<TimerId>,
+    /// Close once `out` is written.
+    closing: bool,
+}
+
+/// The register service.
+pub struct Register {
+    listener: TcpListener,
+    conns: Slab<Conn>,
+    /// Gateways in registration order: (connection serial, address).
+    gateways: Vec<(u64, String)>,
+    secret: String,
+    auth_timeout: Duration,
+    next_serial: u64,
+    dirty: Vec<usize>,
+    stats: Stats,
+    stop: bool,
+}
+
+/// Entry point of the register process.
+pub fn run(cfg: &Config, listener: TcpListener, stats: Stats) -> io::Result<()> {
+    let mut reactor = Reactor::new()?;
+    reactor.watch_signals(&crate::master::CHILD_SIGNALS)?;
+    let mut reg = Register::new(cfg, listener, stats);
+    {
+        let mut cx = reactor.ctx();
+        cx.registry.register(&mut reg.listener, LISTENER, Interest::READABLE)?;
+        cx.after(Duration::from_secs(1), Timer::Tick);
+    }
+    reg.stats.slot().set_state(State::Ready);
+    info!("register listening on {}", reg.listener.local_addr()?);
+    reactor.run(&mut reg)
+}
+
+impl Register {
+    pub fn new(cfg: &Config, listener: TcpListener, stats: Stats) -> Register {
+        let auth_timeout = cfg.register.as_ref().map_or(Duration::from_secs(10), |r| r.auth_timeout);
+        Register {
+            listener,
+            conns: Slab::new(),
+            gateways: Vec::new(),
+            secret: cfg.secret_key.clone(),
+            auth_timeout,
+            next_serial: 0,
+            dirty: Vec::new(),
+            stats,
+            stop: false,
+        }
+    }
+
+    fn accept(&mut self, cx: &mut Ctx<'_, Timer>) {
+        loop {
+            match self.listener.accept() {
+                Ok((stream, peer)) => {
+                    let _ = stream.set_nodelay(true);
+                    let entry = self.conns.vacant_entry();
+                    let key = entry.key();
+                    let mut io = Io::Tcp(stream);
+                    if let Err(e) = io.register(cx.registry, Token(key + 1)) {
+                        warn!("register: cannot watch connection from {peer}: {e}");
+                        continue;
+                    }
+                    self.next_serial += 1;
+                    let serial = self.next_serial;
+                    let auth_timer = Some(cx.after(self.auth_timeout, Timer::Auth { key, serial }));
+                    entry.insert(Conn {
+                        io,
+                        peer,
+                        serial,
+                        kind: Kind::Unknown,
+                        ready: Ready::EMPTY,
+                        inbuf: InBuf::default(),
+                        out: OutBuf::default(),
+                        auth_timer,
+                        closing: false,
+                    });
+                }
+                Err(e) if would_block(&e) => return,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    // EMFILE and friends: the listener stays readable; retry on the next tick.
+                    warn!("register: accept failed: {e}");
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Read and handle every complete line of connection `key`.
+    fn on_readable(&mut self, cx: &mut Ctx<'_, Timer>, key: usize) {
+        let Some(c) = self.conns.get_mut(key) else { return };
+        let mut eof = false;
+        loop {
+            match c.inbuf.read_from(&mut c.io, 4096) {
+                Ok(0) => {
+                    eof = true;
+                    break;
+                }
+                Ok(n) => Slot::add(&self.stats.slot().bytes_read, n as u64),
+                Err(e) if would_block(&e) => break,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(_) => {
+                    eof = true;
+                    break;
+                }
+            }
+            if c.inbuf.len() > MAX_LINE {
+                break;
+            }
+        }
+        while let Some(line) = self.next_line(key) {
+            self.handle_line(cx, key, &line);
+        }
+        let Some(c) = self.conns.get_mut(key) else { return };
+        if c.inbuf.len() > MAX_LINE {
+            warn!("register: line over {MAX_LINE} bytes from {}, closing", c.peer);
+            Slot::bump(&self.stats.slot().bad_input);
+            self.close(cx, key);
+        } else if eof {
+            self.close(cx, key);
+        }
+    }
+
+    fn next_line(&mut self, key: usize) -> Option<Vec<u8>> {
+        let c = self.conns.get_mut(key)?;
+        if c.closing {
+            return None;
+        }
+        let data = c.inbuf.data();
+        let pos = data.iter().position(|&b| b == b'\n')?;
+        let mut end = pos;
+        while end > 0 && data[end - 1] == b'\r' {
+            end -= 1;
+        }
+        let line = data[..end].to_vec();
+        c.inbuf.consume(pos + 1);
+        Slot::bump(&self.stats.slot().total_request);
+        Some(line)
+    }
+
+    fn handle_line(&mut self, cx: &mut Ctx<'_, Timer>, key: usize, line: &[u8]) {
+        let Some(c) = self.conns.get_mut(key) else { return };
+        if let Some(t) = c.auth_timer.take() {
+            cx.timers.cancel(t);
+        }
+        let peer = c.peer;
+        match lines::parse_request(line) {
+            Err(bad) => {
+                warn!("register: {} from {peer}, closing", bad.0);
+                Slot::bump(&self.stats.slot().bad_input);
+                c.out.extend(bad.0.as_bytes());
+                c.out.extend(b"\n");
+                c.closing = true;
+                self.dirty.push(key);
+            }
+            Ok(Request::GatewayConnect { address, secret }) => {
+                let Some(address) = address else {
+                    warn!("register: gateway_connect without address from {peer}, closing");
+                    self.close(cx, key);
+                    return;
+                };
+                if !Self::secret_ok(&self.secret, &self.stats, &secret, peer) {
+                    self.close(cx, key);
+                    return;
+                }
+                c.kind = Kind::Gateway(address.clone());
+                let serial = c.serial;
+                self.gateways.retain(|(s, _)| *s != serial);
+                self.gateways.push((serial, address.clone()));
+                info!("register: gateway {address} joined");
+                self.broadcast();
+            }
+            Ok(Request::WorkerConnect { secret }) => {
+                if !Self::secret_ok(&self.secret, &self.stats, &secret, peer) {
+                    self.close(cx, key);
+                    return;
+                }
+                let list = lines::broadcast_addresses(&self.addresses());
+                if let Some(c) = self.conns.get_mut(key) {
+                    c.kind = Kind::Worker;
+                    c.out.extend(&list);
+                    self.dirty.push(key);
+                }
+            }
+            Ok(Request::Ping) => {}
+            Ok(Request::Unknown(event)) => {
+                warn!("register: unknown event {event:?} from {peer}, closing");
+                Slot::bump(&self.stats.slot().bad_input);
+                self.close(cx, key);
+            }
+        }
+    }
+
+    fn secret_ok(secret: &str, stats: &Stats, given: &str, peer: SocketAddr) -> bool {
+        if crate::wire::secret_eq(given.as_bytes(), secret.as_bytes()) {
+            return true;
+        }
+        warn!("register: secret key does not match for {peer}, closing");
+        Slot::bump(&stats.slot().bad_input);
+        false
+    }
+
+    /// Gateway addresses, de-duplicated, in registration order.
+    fn addresses(&self) -> Vec<String> {
+        let mut out: Vec<String> = Vec::with_capacity(self.gateways.len());
+        for (_, a) in &self.gateways {
+            if !out.contains(a) {
+                out.push(a.clone());
+            }
+        }
+        out
+    }
+
+    /// Send the address list to every worker.
+    fn broadcast(&mut self) {
+        let line = lines::broadcast_addresses(&self.addresses());
+        for (key, c) in self.conns.iter_mut() {
+            if c.kind == Kind::Worker && !c.closing {
+                c.out.extend(&line);
+                self.dirty.push(key);
+            }
+        }
+    }
+
+    fn close(&mut self, cx: &mut Ctx<'_, Timer>, key: usize) {
+        if !self.conns.contains(key) {
+            return;
+        }
+        let mut c = self.conns.remove(key);
+        c.io.deregister(cx.registry);
+        if let Some(t) = c.auth_timer.take() {
+            cx.timers.cancel(t);
+        }
+        if let Kind::Gateway(addr) = &c.kind {
+            self.gateways.retain(|(s, _)| *s != c.serial);
+            info!("register: gateway {addr} left");
+            self.broadcast();
+        }
+    }
+
+    fn flush(&mut self, cx: &mut Ctx<'_, Timer>) {
+        let mut dirty = std::mem::take(&mut self.dirty);
+        dirty.sort_unstable();
+        dirty.dedup();
+        for key in dirty.drain(..) {
+            let Some(c) = self.conns.get_mut(key) else { continue };
+            let before = c.out.len();
+            let res = c.out.write_to(&mut c.io);
+            Slot::add(&self.stats.slot().bytes_written, (before - c.out.len()) as u64);
+            match res {
+                Ok(()) if c.closing => {
+                    c.io.shutdown_write();
+                    self.close(cx, key);
+                }
+                Ok(()) => {}
+                Err(e) if would_block(&e) => c.ready.remove(Ready::WRITABLE),
+                Err(_) => self.close(cx, key),
+            }
+        }
+        self.dirty = dirty;
+    }
+}
+
+impl Service for Register {
+    type Timer = Timer;
+
+    fn on_ready(&mut self, cx: &mut Ctx<'_, Timer>, token: Token, ready: Ready) {
+        if token == LISTENER {
+            self.accept(cx);
+            return;
+        }
+        let key = token.0 - 1;
+        let Some(c) = self.conns.get_mut(key) else { return };
+        c.ready.insert(ready);
+        if ready.contains(Ready::WRITABLE) && !c.out.is_empty() {
+            self.dirty.push(key);
+        }
+        if ready.contains(Ready::READABLE) {
+            self.on_readable(cx, key);
+        }
+    }
+
+    fn on_timer(&mut self, cx: &mut Ctx<'_, Timer>, timer: Timer) {
+        match timer {
+            Timer::Auth { key, serial } => {
+                if let Some(c) = self.conns.get_mut(key).filter(|c| c.serial == serial) {
+                    c.auth_timer = None;
+                    warn!("register: auth timeout for {}, closing", c.peer);
+                    self.close(cx, key);
+                }
+            }
+            Timer::Tick => {
+                let slot = self.stats.slot();
+                slot.tick();
+                Slot::set(&slot.connections, self.conns.len() as u64);
+                Slot::set(&slot.timers, cx.timers.len() as u64 + 1);
+                cx.after(Duration::from_secs(1), Timer::Tick);
+            }
+        }
+    }
+
+    fn on_signal(&mut self, _cx: &mut Ctx<'_, Timer>, signal: i32) {
+        if crate::master::is_stop_signal(signal) {
+            self.stop = true;
+        }
+    }
+
+    fn end_of_turn(&mut self, cx: &mut Ctx<'_, Timer>) -> bool {
+        self.flush(cx);
+        Slot::set(&self.stats.slot().connections, self.conns.len() as u64);
+        false
+    }
+
+    fn should_stop(&self) -> bool {
+        self.stop
+    }
+}

@@ -1,0 +1,231 @@
+//! The `status` output: a snapshot of every slot, rendered as workerman's table (global
+//! section, per-process lines, summary) or as JSON.
+
+use std::fmt::Write as _;
+
+use super::{Role, Shm, Slot, State, pid_alive, unix_millis};
+
+/// One process as seen by `status`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Row {
+    pub pid: u32,
+    pub role: Role,
+    pub id: u32,
+    pub name: String,
+    pub listen: String,
+    pub state: State,
+    pub memory: u64,
+    pub connections: u64,
+    pub send_fail: u64,
+    pub timers: u64,
+    pub total_request: u64,
+    pub bytes_read: u64,
+    pub bytes_written: u64,
+    pub limits: [u64; 7],
+    /// No heartbeat for 3 s: the process is alive but not turning its loop.
+    pub busy: bool,
+}
+
+/// Per name: (exit count, last exit status) summed over all slots ever used by it.
+pub type Exits = Vec<(String, u64, u64)>;
+
+/// Everything `status` prints.
+#[derive(Clone, Debug)]
+pub struct Snapshot {
+    pub master_pid: u32,
+    pub started: u64,
+    pub daemon: bool,
+    pub reloads: u64,
+    pub rows: Vec<Row>,
+    pub exits: Exits,
+}
+
+/// Read the region. Slots of exited processes, or whose pid is gone, are left out of `rows`
+/// (a dead process is never shown as alive).
+pub fn snapshot(shm: &Shm) -> Snapshot {
+    let h = shm.header();
+    let now = unix_millis();
+    let mut rows = Vec::new();
+    let mut exits: Exits = Vec::new();
+    for slot in shm.slots() {
+        let role = slot.role();
+        if role == Role::Empty {
+            continue;
+        }
+        let name = slot.name();
+        let ec = Slot::get(&slot.exit_count);
+        match exits.iter_mut().find(|(n, _, _)| *n == name) {
+            Some(e) => {
+                e.1 += ec;
+                if ec > 0 {
+                    e.2 = Slot::get(&slot.last_exit_status);
+                }
+            }
+            None => {
+                exits.push((name.clone(), ec, if ec > 0 { Slot::get(&slot.last_exit_status) } else { 0 }))
+            }
+        }
+        let pid = slot.pid.load(std::sync::atomic::Ordering::Relaxed);
+        let state = match slot.state() {
+            Some(State::Exited) | None => continue,
+            Some(s) => s,
+        };
+        if !pid_alive(pid) {
+            continue;
+        }
+        let hb = Slot::get(&slot.heartbeat);
+        rows.push(Row {
+            pid,
+            role,
+            id: slot.id.load(std::sync::atomic::Ordering::Relaxed),
+            name,
+            listen: slot.listen(),
+            state,
+            memory: Slot::get(&slot.memory),
+            connections: Slot::get(&slot.connections),
+            send_fail: Slot::get(&slot.send_fail),
+            timers: Slot::get(&slot.timers),
+            total_request: Slot::get(&slot.total_request),
+            bytes_read: Slot::get(&slot.bytes_read),
+            bytes_written: Slot::get(&slot.bytes_written),
+            limits: [
+                Slot::get(&slot.limit_conn),
+                Slot::get(&slot.limit_size),
+                Slot::get(&slot.limit_handshake),
+                Slot::get(&slot.limit_idle),
+                Slot::get(&slot.limit_slow),
+                Slot::get(&slot.limit_index),
+                Slot::get(&slot.bad_input),
+            ],
+            busy: hb != 0 && now.saturating_sub(hb) > 3000,
+        });
+    }
+    Snapshot {
+        master_pid: h.master_pid.load(std::sync::atomic::Ordering::Relaxed),
+        started: h.started.load(std::sync::atomic::Ordering::Relaxed),
+        daemon: h.daemon.load(std::sync::atomic::Ordering::Relaxed) != 0,
+        reloads: h.reloads.load(std::sync::atomic::Ordering::Relaxed),
+        rows,
+        exits,
+    }
+}
+
+fn mem(bytes: u64) -> String {
+    format!("{:.2}M", bytes as f64 / (1024.0 * 1024.0))
+}
+
+fn load_average() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(", "))
+        .unwrap_or_else(|| "-".into())
+}
+
+/// The workerman-style table. `qps` gives requests/s per pid from a second sample.
+pub fn render(s: &Snapshot, conf: &str, qps: &dyn Fn(u32) -> Option<u64>) -> String {
+    let mut o = String::new();
+    let line = "-".repeat(46);
+    let _ = writeln!(o, "{line}GLOBAL STATUS{line}");
+    let _ = writeln!(o, "gatewayworker version:{:<10} conf:{conf}", env!("CARGO_PKG_VERSION"));
+    let start = std::time::UNIX_EPOCH + std::time::Duration::from_secs(s.started);
+    let up = unix_millis() / 1000 - s.started.min(unix_millis() / 1000);
+    let _ = writeln!(
+        o,
+        "start time:{}   run {} days {} hours   load average: {}",
+        crate::cli::logger::format_time(start),
+        up / 86400,
+        (up % 86400) / 3600,
+        load_average()
+    );
+    let names: Vec<&str> = s.exits.iter().map(|(n, _, _)| n.as_str()).collect();
+    let _ = writeln!(
+        o,
+        "{} workers       {} processes       mode: {}       reloads: {}",
+        names.len().saturating_sub(1),
+        s.rows.iter().filter(|r| r.role != Role::Master).count(),
+        if s.daemon { "daemon" } else { "foreground" },
+        s.reloads
+    );
+    let w = names.iter().map(|n| n.len()).max().unwrap_or(4).max(11);
+    let _ = writeln!(o, "{:<w$} {:<16} {}", "worker_name", "exit_status", "exit_count");
+    for (name, count, status) in s.exits.iter().filter(|(n, _, _)| n != "master") {
+        let _ = writeln!(o, "{name:<w$} {status:<16} {count}");
+    }
+    let _ = writeln!(o, "{line}PROCESS STATUS{line}");
+    let lw = s.rows.iter().map(|r| r.listen.len()).max().unwrap_or(9).max(9);
+    let nw = s.rows.iter().map(|r| r.name.len()).max().unwrap_or(11).max(11);
+    let _ = writeln!(
+        o,
+        "pid\tmemory  {:<lw$} {:<nw$} connections send_fail timers  total_request qps    status",
+        "listening", "worker_name"
+    );
+    let mut sum = (0u64, 0u64, 0u64, 0u64, 0u64, 0u64);
+    for r in s.rows.iter().filter(|r| r.role != Role::Master) {
+        let q = qps(r.pid);
+        let status = if r.busy { "[busy]".to_string() } else { format!("[{}]", r.state.name()) };
+        let _ = writeln!(
+            o,
+            "{}\t{:<7} {:<lw$} {:<nw$} {:<11} {:<9} {:<7} {:<13} {:<6} {status}",
+            r.pid,
+            mem(r.memory),
+            r.listen,
+            r.name,
+            r.connections,
+            r.send_fail,
+            r.timers,
+            r.total_request,
+            q.map_or("-".into(), |v| v.to_string()),
+        );
+        sum.0 += r.memory;
+        sum.1 += r.connections;
+        sum.2 += r.send_fail;
+        sum.3 += r.timers;
+        sum.4 += r.total_request;
+        sum.5 += q.unwrap_or(0);
+    }
+    let _ = writeln!(o, "{line}PROCESS STATUS{line}");
+    let _ = writeln!(
+        o,
+        "Summary\t{:<7} {:<lw$} {:<nw$} {:<11} {:<9} {:<7} {:<13} {:<6} [Summary]",
+        mem(sum.0),
+        "-",
+        "-",
+        sum.1,
+        sum.2,
+        sum.3,
+        sum.4,
+        sum.5
+    );
+    o
+}
+
+/// The snapshot as one JSON object (for scripts and tests).
+pub fn render_json(s: &Snapshot) -> String {
+    let rows: Vec<serde_json::Value> = s
+        .rows
+        .iter()
+        .map(|r| {
+            serde_json::json!({
+                "pid": r.pid, "role": r.role.name(), "id": r.id, "name": r.name, "listen": r.listen,
+                "state": r.state.name(), "memory": r.memory, "connections": r.connections,
+                "send_fail": r.send_fail, "timers": r.timers, "total_request": r.total_request,
+                "bytes_read": r.bytes_read, "bytes_written": r.bytes_written, "busy": r.busy,
+                "limits": {
+                    "connections": r.limits[0], "size": r.limits[1], "handshake_timeout": r.limits[2],
+                    "idle_timeout": r.limits[3], "slow_client": r.limits[4], "uid_group": r.limits[5],
+                    "bad_input": r.limits[6],
+                },
+            })
+        })
+        .collect();
+    let exits: Vec<serde_json::Value> = s
+        .exits
+        .iter()
+        .map(|(n, c, st)| serde_json::json!({"name": n, "exit_count": c, "last_exit_status": st}))
+        .collect();
+    serde_json::json!({
+        "master_pid": s.master_pid, "started": s.started, "daemon": s.daemon, "reloads": s.reloads,
+        "processes": rows, "exits": exits,
+    })
+    .to_string()
+}

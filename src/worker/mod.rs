@@ -1,0 +1,493 @@
+//! A business worker process: asks the registers for the gateways, keeps one link to every
+//! gateway (Unix socket when the gateway is on this host, TCP otherwise, redialled 1 s after
+//! a close), and runs the application's `Events` for every client event. On a graceful stop
+//! (reload) it drains: asks each gateway to stop routing to it, handles every event already
+//! sent to it, flushes and exits.
+
+mod links;
+
+use std::collections::{HashMap, HashSet};
+use std::io;
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::time::{Duration, Instant};
+
+use log::{error, info, warn};
+use mio::Token;
+
+use crate::api::client_id::ClientId;
+use crate::api::context::{Context, Current, TimerRequest, WorkerInfo, WorkerTransport};
+use crate::api::transport::{LocalGateways, Pkt, QueryPool};
+use crate::api::{Events, Value};
+use crate::config::Config;
+use crate::reactor::{Ctx, Reactor, Ready, Service, TimerId};
+use crate::stats::{Slot, State, Stats};
+use crate::wire::link::{Link, ReadEnd, Target};
+use crate::wire::packet::{self, Packet, cmd, flag};
+use crate::wire::{crc32, php, register as lines};
+
+use links::GatewayLinks;
+
+const REGISTER_BASE: usize = 16;
+const LINK_BASE: usize = 1 << 20;
+const LINK_READ_CAP: usize = 4 << 20;
+const KEEPALIVE: Duration = Duration::from_secs(25);
+/// Largest packet accepted from a gateway.
+const MAX_PACKET: usize = 64 << 20;
+
+/// Timers of a business worker.
+pub enum Timer {
+    Tick,
+    RegisterRetry(usize),
+    GatewayRetry(SocketAddrV4),
+    KeepAlive,
+    User { id: u64, repeat: Option<Duration> },
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Stop {
+    No,
+    /// Waiting for every gateway to acknowledge the drain.
+    Draining,
+    Now,
+}
+
+pub struct Worker {
+    name: String,
+    id: u16,
+    app: Box<dyn Events>,
+    registers: Vec<Link>,
+    register_line: Vec<u8>,
+    /// Gateways announced by the registers.
+    known: Vec<SocketAddrV4>,
+    /// The registers answered at least once.
+    have_list: bool,
+    links: GatewayLinks,
+    retrying: HashSet<SocketAddrV4>,
+    pool: QueryPool,
+    /// crc32 of the last session this worker wrote, per client (GatewayWorker's staleness guard).
+    versions: HashMap<ClientId, u32>,
+    timer_requests: Vec<TimerRequest>,
+    next_timer: u64,
+    user_timers: HashMap<u64, TimerId>,
+    stats: Stats,
+    stop: Stop,
+    drain_started: Option<Instant>,
+    stopped_app: bool,
+}
+
+/// Entry point of a business worker process.
+pub fn run(cfg: &Config, id: u16, app: Box<dyn Events>, stats: Stats) -> io::Result<()> {
+    let w = cfg.worker.as_ref().ok_or_else(|| io::Error::other("no [worker] section"))?;
+    let mut reactor = Reactor::new()?;
+    reactor.watch_signals(&crate::master::CHILD_SIGNALS)?;
+    let local = LocalGateways { lan_ip: cfg.lan_ip, run_dir: cfg.run_dir.clone() };
+    let worker_key = format!("{}:{id}", w.name);
+    let mut worker = Worker {
+        name: w.name.clone(),
+        id,
+        app,
+        registers: cfg
+            .register_address
+            .iter()
+            .enumerate()
+            .map(|(i, a)| Link::new(Target::Tcp(SocketAddr::V4(*a)), Token(REGISTER_BASE + i)))
+            .collect(),
+        register_line: lines::worker_connect(&cfg.secret_key),
+        known: Vec::new(),
+        have_list: false,
+        links: GatewayLinks::new(
+            local.clone(),
+            lines::worker_connect_body(&worker_key, &cfg.secret_key),
+            LINK_BASE,
+        ),
+        retrying: HashSet::new(),
+        pool: QueryPool::new(&cfg.secret_key, w.query_timeout, Some(local)),
+        versions: HashMap::new(),
+        timer_requests: Vec::new(),
+        next_timer: 0,
+        user_timers: HashMap::new(),
+        stats,
+        stop: Stop::No,
+        drain_started: None,
+        stopped_app: false,
+    };
+    {
+        let mut cx = reactor.ctx();
+        for i in 0..worker.registers.len() {
+            worker.dial_register(&mut cx, i);
+        }
+        cx.after(Duration::from_secs(1), Timer::Tick);
+        if cfg.register_address.iter().any(|a| !a.ip().is_loopback()) {
+            cx.after(KEEPALIVE, Timer::KeepAlive);
+        }
+        worker.with_context(&mut cx, None, |app, ctx| app.on_worker_start(ctx));
+    }
+    info!("business worker {}[{id}] started", worker.name);
+    reactor.run(&mut worker)
+}
+
+impl Worker {
+    /// Run `f` with a `Context` (current client `current`), then save a changed session
+    /// and arm the timers it asked for. A panic in application code is logged and the
+    /// worker goes on with the next event.
+    fn with_context(
+        &mut self,
+        cx: &mut Ctx<'_, Timer>,
+        current: Option<Current>,
+        f: impl FnOnce(&mut dyn Events, &mut Context<'_>),
+    ) -> Option<Current> {
+        let info = WorkerInfo {
+            name: &self.name,
+            id: self.id,
+            timers: &mut self.timer_requests,
+            next_timer: &mut self.next_timer,
+        };
+        let transport = WorkerTransport { links: &mut self.links, pool: &mut self.pool };
+        let mut ctx = Context::new(transport, current, info);
+        let app = &mut self.app;
+        if let Err(panic) = catch_unwind(AssertUnwindSafe(|| f(app.as_mut(), &mut ctx))) {
+            let what = panic
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "unknown panic".into());
+            error!("business worker: application code panicked: {what}");
+            Slot::bump(&self.stats.slot().bad_input);
+        }
+        let current = ctx.into_current();
+        self.arm_timers(cx);
+        current
+    }
+
+    fn arm_timers(&mut self, cx: &mut Ctx<'_, Timer>) {
+        for req in std::mem::take(&mut self.timer_requests) {
+            match req {
+                TimerRequest::Add { id, after, repeat } => {
+                    let t = cx.after(after, Timer::User { id, repeat: repeat.then_some(after) });
+                    self.user_timers.insert(id, t);
+                }
+                TimerRequest::Del { id } => {
+                    if let Some(t) = self.user_timers.remove(&id) {
+                        cx.timers.cancel(t);
+                    }
+                }
+            }
+        }
+    }
+
+    // ----- registers ---------------------------------------------------------------------
+
+    fn dial_register(&mut self, cx: &mut Ctx<'_, Timer>, i: usize) {
+        if self.stop != Stop::No {
+            return;
+        }
+        let link = &mut self.registers[i];
+        link.out.clear();
+        link.out.extend(&self.register_line);
+        if let Err(e) = link.dial(cx.registry) {
+            warn!("business worker: cannot reach register {}: {e}; retrying in 1 s", link.target);
+            link.close(cx.registry);
+            cx.after(Duration::from_secs(1), Timer::RegisterRetry(i));
+        }
+    }
+
+    fn on_register_ready(&mut self, cx: &mut Ctx<'_, Timer>, i: usize, ready: Ready) {
+        let link = &mut self.registers[i];
+        let res = link.on_ready(ready).and_then(|_| {
+            let end = link.read(1 << 20)?;
+            link.flush()?;
+            Ok(end)
+        });
+        let mut lists = Vec::new();
+        while let Some(pos) = link.inbuf.data().iter().position(|&b| b == b'\n') {
+            if let Some(list) = lines::parse_broadcast(link.inbuf.data()[..pos].trim_ascii_end()) {
+                lists.push(list);
+            }
+            link.inbuf.consume(pos + 1);
+        }
+        let closed = !matches!(res, Ok(ReadEnd::Drained) | Ok(ReadEnd::Full));
+        if closed {
+            let why = match res {
+                Err(e) => e.to_string(),
+                _ => "closed by the register (wrong secret key?)".into(),
+            };
+            warn!("business worker: register link {} lost ({why}); reconnecting in 1 s", link.target);
+            link.close(cx.registry);
+            cx.after(Duration::from_secs(1), Timer::RegisterRetry(i));
+        }
+        for list in lists {
+            self.on_addresses(cx, list);
+        }
+    }
+
+    /// The register sent the gateway list: dial every gateway we are not linked to.
+    fn on_addresses(&mut self, cx: &mut Ctx<'_, Timer>, list: Vec<String>) {
+        self.known = list.iter().filter_map(|a| a.parse().ok()).collect();
+        self.have_list = true;
+        if self.stop != Stop::No {
+            return;
+        }
+        for gw in self.known.clone() {
+            if !self.links.has(gw) && !self.retrying.contains(&gw) {
+                self.dial_gateway(cx, gw);
+            }
+        }
+        self.update_state();
+    }
+
+    fn dial_gateway(&mut self, cx: &mut Ctx<'_, Timer>, gw: SocketAddrV4) {
+        if let Err(e) = self.links.dial(cx.registry, gw) {
+            warn!("business worker: cannot link to gateway {gw}: {e}; retrying in 1 s");
+            self.retrying.insert(gw);
+            cx.after(Duration::from_secs(1), Timer::GatewayRetry(gw));
+        }
+    }
+
+    /// Ready = linked to every gateway the registers know.
+    fn update_state(&self) {
+        if self.stop != Stop::No {
+            return;
+        }
+        let all = self.have_list
+            && !self.known.is_empty()
+            && self.known.iter().all(|g| self.links.is_connected(*g));
+        self.stats.slot().set_state(if all { State::Ready } else { State::Starting });
+    }
+
+    // ----- gateway links -------------------------------------------------------------------
+
+    fn on_link_ready(&mut self, cx: &mut Ctx<'_, Timer>, key: usize, ready: Ready) {
+        match self.links.on_ready(key, ready) {
+            Ok(true) => {
+                if let Some(gw) = self.links.addr(key) {
+                    info!("business worker: linked to gateway {gw} ({})", self.links.target(key));
+                }
+                self.update_state();
+            }
+            Ok(false) => {}
+            Err(e) => {
+                self.link_lost(cx, key, &e.to_string());
+                return;
+            }
+        }
+        loop {
+            let end = self.links.read(key, LINK_READ_CAP);
+            self.dispatch_buffered(cx, key);
+            match end {
+                Ok(ReadEnd::Full) => continue,
+                Ok(ReadEnd::Drained) => return,
+                Ok(ReadEnd::Eof) => return self.link_lost(cx, key, "closed by the gateway"),
+                Err(e) => return self.link_lost(cx, key, &e.to_string()),
+            }
+        }
+    }
+
+    fn link_lost(&mut self, cx: &mut Ctx<'_, Timer>, key: usize, why: &str) {
+        let Some(gw) = self.links.remove(cx.registry, key) else { return };
+        if self.stop == Stop::No && self.known.contains(&gw) {
+            warn!("business worker: link to gateway {gw} lost ({why}); redialling in 1 s");
+            self.retrying.insert(gw);
+            cx.after(Duration::from_secs(1), Timer::GatewayRetry(gw));
+        } else {
+            info!("business worker: link to gateway {gw} closed ({why})");
+        }
+        self.update_state();
+    }
+
+    /// Dispatch every complete packet buffered on link `key`.
+    fn dispatch_buffered(&mut self, cx: &mut Ctx<'_, Timer>, key: usize) {
+        let Some(mut buf) = self.links.take_inbuf(key) else { return };
+        let mut used = 0;
+        loop {
+            match packet::decode(&buf.data()[used..], MAX_PACKET) {
+                Ok(Some((p, n))) => {
+                    used += n;
+                    Slot::bump(&self.stats.slot().total_request);
+                    self.dispatch(cx, key, &p);
+                }
+                Ok(None) => break,
+                Err(e) => {
+                    warn!("business worker: bad packet from gateway: {e}; dropping the link");
+                    Slot::bump(&self.stats.slot().bad_input);
+                    self.link_lost(cx, key, "bad packet");
+                    return;
+                }
+            }
+        }
+        buf.consume(used);
+        self.links.put_inbuf(key, buf);
+    }
+
+    fn dispatch(&mut self, cx: &mut Ctx<'_, Timer>, key: usize, p: &Packet<'_>) {
+        match p.header.cmd {
+            cmd::ON_CONNECT | cmd::ON_MESSAGE | cmd::ON_CLOSE | cmd::ON_WEBSOCKET_CONNECT => {
+                self.client_event(cx, p)
+            }
+            cmd::WORKER_DRAIN => self.links.set_acked(key),
+            _ => {}
+        }
+    }
+
+    /// One client event: session, Context, the application's callback, session save.
+    fn client_event(&mut self, cx: &mut Ctx<'_, Timer>, p: &Packet<'_>) {
+        let h = p.header;
+        let id = ClientId::new(h.local_ip, h.local_port, h.connection_id);
+        let remote = SocketAddrV4::new(Ipv4Addr::from(h.client_ip), h.client_port);
+        let mut session = p.ext.to_vec();
+        if h.cmd != cmd::ON_CLOSE {
+            let crc = crc32(p.ext);
+            if self.versions.get(&id).is_some_and(|v| *v != crc) {
+                // Our own last write may not be in this packet yet: ask the gateway.
+                session = self.fetch_session(cx, id).unwrap_or(session);
+                self.versions.insert(id, crc);
+            }
+        }
+        let binary = h.flag & flag::BINARY != 0;
+        let current = Current::new(id, remote, h.gateway_port, binary, session);
+        let body = p.body;
+        let after = match h.cmd {
+            cmd::ON_CONNECT => self.with_context(cx, Some(current), |app, ctx| app.on_connect(ctx, id)),
+            cmd::ON_MESSAGE => self.with_context(cx, Some(current), |app, ctx| app.on_message(ctx, id, body)),
+            cmd::ON_WEBSOCKET_CONNECT => {
+                let data = if h.flag & flag::BODY_IS_SCALAR == 0 {
+                    php::unserialize(body).unwrap_or(Value::Null)
+                } else {
+                    Value::Str(body.to_vec())
+                };
+                self.with_context(cx, Some(current), |app, ctx| app.on_websocket_connect(ctx, id, &data))
+            }
+            _ => {
+                let r = self.with_context(cx, Some(current), |app, ctx| app.on_close(ctx, id));
+                self.versions.remove(&id);
+                return drop(r);
+            }
+        };
+        if let Some(bytes) = after.and_then(|c| c.changed_session()) {
+            let pkt = Pkt::new(cmd::SET_SESSION, id.connection_id, flag::BODY_IS_SCALAR, &bytes, b"");
+            if self.links.queue_to(id.gateway(), pkt).is_ok() {
+                self.versions.insert(id, crc32(&bytes));
+            }
+        }
+    }
+
+    fn fetch_session(&mut self, cx: &mut Ctx<'_, Timer>, id: ClientId) -> Option<Vec<u8>> {
+        let mut out = None;
+        self.with_context(cx, None, |_, ctx| {
+            if let Ok(Some(a)) = ctx.get_session(id) {
+                out = Some(if a.is_empty() { Vec::new() } else { php::serialize_array(&a) });
+            }
+        });
+        out
+    }
+
+    // ----- stopping -----------------------------------------------------------------------
+
+    fn begin_drain(&mut self, cx: &mut Ctx<'_, Timer>) {
+        if self.stop != Stop::No {
+            return;
+        }
+        self.stop = Stop::Draining;
+        self.drain_started = Some(Instant::now());
+        self.stats.slot().set_state(State::Draining);
+        for link in &mut self.registers {
+            link.close(cx.registry);
+        }
+        let n = self.links.request_drain();
+        info!("business worker {}[{}]: draining ({n} gateway links)", self.name, self.id);
+    }
+
+    fn finish(&mut self, cx: &mut Ctx<'_, Timer>) {
+        if !self.stopped_app {
+            self.stopped_app = true;
+            self.with_context(cx, None, |app, ctx| app.on_worker_stop(ctx));
+        }
+        self.links.flush_blocking(Duration::from_secs(2));
+        self.stop = Stop::Now;
+    }
+}
+
+impl Service for Worker {
+    type Timer = Timer;
+
+    fn on_ready(&mut self, cx: &mut Ctx<'_, Timer>, token: Token, ready: Ready) {
+        let t = token.0;
+        if (REGISTER_BASE..LINK_BASE).contains(&t) {
+            if t - REGISTER_BASE < self.registers.len() {
+                self.on_register_ready(cx, t - REGISTER_BASE, ready);
+            }
+        } else if t >= LINK_BASE {
+            self.on_link_ready(cx, t - LINK_BASE, ready);
+        }
+    }
+
+    fn on_timer(&mut self, cx: &mut Ctx<'_, Timer>, timer: Timer) {
+        match timer {
+            Timer::Tick => {
+                let slot = self.stats.slot();
+                slot.tick();
+                let regs = self.registers.iter().filter(|l| l.is_connected()).count();
+                Slot::set(&slot.connections, (self.links.connected() + regs) as u64);
+                Slot::set(&slot.timers, cx.timers.len() as u64 + 1);
+                cx.after(Duration::from_secs(1), Timer::Tick);
+            }
+            Timer::RegisterRetry(i) => self.dial_register(cx, i),
+            Timer::GatewayRetry(gw) => {
+                self.retrying.remove(&gw);
+                if self.stop == Stop::No && self.known.contains(&gw) && !self.links.has(gw) {
+                    self.dial_gateway(cx, gw);
+                }
+            }
+            Timer::KeepAlive => {
+                for link in &mut self.registers {
+                    if link.is_connected() {
+                        link.out.extend(lines::PING);
+                        let _ = link.flush();
+                    }
+                }
+                cx.after(KEEPALIVE, Timer::KeepAlive);
+            }
+            Timer::User { id, repeat } => {
+                self.user_timers.remove(&id);
+                if let Some(every) = repeat {
+                    let t = cx.after(every, Timer::User { id, repeat });
+                    self.user_timers.insert(id, t);
+                }
+                self.with_context(cx, None, |app, ctx| app.on_timer(ctx, id));
+            }
+        }
+    }
+
+    fn on_signal(&mut self, cx: &mut Ctx<'_, Timer>, signal: i32) {
+        if signal == libc::SIGQUIT || signal == libc::SIGUSR1 || signal == libc::SIGUSR2 {
+            self.begin_drain(cx);
+        } else if crate::master::is_stop_signal(signal) {
+            self.finish(cx);
+        }
+    }
+
+    fn end_of_turn(&mut self, cx: &mut Ctx<'_, Timer>) -> bool {
+        if let Err(e) = self.links.flush_dirty() {
+            warn!("business worker: {e}");
+        }
+        for key in self.links.take_broken() {
+            self.link_lost(cx, key, "write failed");
+        }
+        if self.stop == Stop::Draining && self.links.all_acked() {
+            let took = self.drain_started.map(|t| t.elapsed()).unwrap_or_default();
+            info!("business worker {}[{}]: drained in {took:?}", self.name, self.id);
+            self.finish(cx);
+        }
+        false
+    }
+
+    fn should_stop(&self) -> bool {
+        self.stop == Stop::Now
+    }
+}
+
+impl Drop for Worker {
+    fn drop(&mut self) {
+        self.stats.slot().set_state(State::Exited);
+    }
+}
