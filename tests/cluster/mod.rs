@@ -1,0 +1,452 @@
+//! Test harness: start the real binary on a temporary run directory with free ports, wait
+//! until every process reports ready (through the shared-memory statistics), and talk to it
+//! with real clients. Dropping a `Cluster` stops it and checks no process is left behind.
+#![allow(dead_code)]
+
+use std::collections::VecDeque;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use gatewayworker::stats::{Shm, table};
+use serde_json::{Value as Json, json};
+use tungstenite::{Message, WebSocket};
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_gatewayworker");
+/// How long anything may take before a test fails.
+pub const DEADLINE: Duration = Duration::from_secs(20);
+
+static SEQ: AtomicUsize = AtomicUsize::new(0);
+
+/// A port nobody listens on right now.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// `n` consecutive free ports.
+pub fn free_range(n: u16) -> u16 {
+    for _ in 0..200 {
+        let base = free_port();
+        if base as u32 + n as u32 >= 65000 {
+            continue;
+        }
+        let held: Vec<_> = (0..n).filter_map(|i| TcpListener::bind(("127.0.0.1", base + i)).ok()).collect();
+        if held.len() == n as usize {
+            return base;
+        }
+    }
+    panic!("no free port range of {n}");
+}
+
+/// Poll `f` until it returns Some, or fail with `what` after the deadline.
+pub fn wait_for<T>(what: &str, mut f: impl FnMut() -> Option<T>) -> T {
+    let until = Instant::now() + DEADLINE;
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(Instant::now() < until, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// One gateway group of a test cluster.
+#[derive(Clone, Debug)]
+pub struct Gw {
+    pub proto: &'static str,
+    pub count: u16,
+    pub port: u16,
+    pub start_port: u16,
+    pub extra: String,
+}
+
+impl Gw {
+    pub fn new(proto: &'static str, count: u16) -> Gw {
+        Gw { proto, count, port: free_port(), start_port: free_range(count), extra: String::new() }
+    }
+
+    pub fn with(mut self, extra: &str) -> Gw {
+        self.extra.push_str(extra);
+        self.extra.push('\n');
+        self
+    }
+}
+
+/// What to start.
+#[derive(Clone, Debug)]
+pub struct Spec {
+    pub app: &'static str,
+    pub workers: u16,
+    pub gateways: Vec<Gw>,
+    pub secret: String,
+    pub top: String,
+    pub worker_extra: String,
+}
+
+impl Spec {
+    pub fn new(app: &'static str, workers: u16, gateways: Vec<Gw>) -> Spec {
+        Spec {
+            app,
+            workers,
+            gateways,
+            secret: String::new(),
+            top: String::new(),
+            worker_extra: String::new(),
+        }
+    }
+}
+
+pub struct Cluster {
+    pub dir: PathBuf,
+    pub conf: PathBuf,
+    pub spec: Spec,
+    pub register_port: u16,
+    master: Option<Child>,
+    seen_pids: Vec<u32>,
+}
+
+impl Cluster {
+    pub fn start(spec: Spec) -> Cluster {
+        let n = SEQ.fetch_add(1, Ordering::SeqCst);
+        let dir = std::env::temp_dir().join(format!("gw-test-{}-{n}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let register_port = free_port();
+        let mut conf = format!(
+            "machine_type = \"all\"\nlan_ip = \"127.0.0.1\"\nregister_address = \"127.0.0.1:{register_port}\"\nrun_dir = \"{}\"\nsecret_key = \"{}\"\n{}\n[register]\nlisten = \"text://127.0.0.1:{register_port}\"\n",
+            dir.join("run").display(),
+            spec.secret,
+            spec.top
+        );
+        for (i, g) in spec.gateways.iter().enumerate() {
+            conf += &format!(
+                "[[gateway]]\nname = \"Gw{i}\"\nlisten = \"{}://127.0.0.1:{}\"\ncount = {}\nstart_port = {}\n{}\n",
+                g.proto, g.port, g.count, g.start_port, g.extra
+            );
+        }
+        conf += &format!(
+            "[worker]\nname = \"TestWorker\"\ncount = {}\napp = \"{}\"\n{}\n",
+            spec.workers, spec.app, spec.worker_extra
+        );
+        let conf_path = dir.join("test.toml");
+        std::fs::write(&conf_path, conf).unwrap();
+        let mut c =
+            Cluster { dir, conf: conf_path, spec, register_port, master: None, seen_pids: Vec::new() };
+        c.launch();
+        c
+    }
+
+    /// Start the master in the foreground (as `scripts/start.sh start` does).
+    pub fn launch(&mut self) {
+        let log = std::fs::File::create(self.dir.join("out.log")).unwrap();
+        let child = Command::new(BIN)
+            .args(["start", "--conf"])
+            .arg(&self.conf)
+            .current_dir(&self.dir)
+            .env("GW_ENV_FILE", "none")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        self.master = Some(child);
+        self.wait_ready();
+    }
+
+    pub fn master_pid(&self) -> u32 {
+        self.master.as_ref().map(|c| c.id()).unwrap_or(0)
+    }
+
+    pub fn stats_path(&self) -> PathBuf {
+        self.dir.join("run").join("gatewayworker.stats")
+    }
+
+    pub fn snapshot(&self) -> Option<table::Snapshot> {
+        Shm::open(&self.stats_path(), false).ok().map(|s| table::snapshot(&s))
+    }
+
+    /// Wait until the register, every gateway and every worker is up and each worker is
+    /// linked to every gateway.
+    pub fn wait_ready(&mut self) {
+        let gws: u16 = self.spec.gateways.iter().map(|g| g.count).sum();
+        let want = 1 + gws as usize + self.spec.workers as usize;
+        let snap = wait_for("all processes ready", || {
+            if let Some(Ok(Some(st))) = self.master.as_mut().map(|m| m.try_wait()) {
+                panic!("master exited with {st}; log:\n{}", self.log());
+            }
+            let s = self.snapshot()?;
+            let procs: Vec<_> =
+                s.rows.iter().filter(|r| r.role != gatewayworker::stats::Role::Master).collect();
+            (procs.len() == want && procs.iter().all(|r| r.state == gatewayworker::stats::State::Ready))
+                .then_some(s)
+        });
+        for r in snap.rows {
+            if !self.seen_pids.contains(&r.pid) {
+                self.seen_pids.push(r.pid);
+            }
+        }
+    }
+
+    /// Pids of live processes with this role name (`gateway`, `worker`, `register`).
+    pub fn pids(&self, role: &str) -> Vec<u32> {
+        let s = self.snapshot().unwrap();
+        let pids: Vec<u32> = s.rows.iter().filter(|r| r.role.name() == role).map(|r| r.pid).collect();
+        pids
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("out.log")).unwrap_or_default()
+    }
+
+    /// Wait until the log contains `needle`.
+    pub fn wait_log(&self, needle: &str) {
+        wait_for(&format!("log line {needle:?}"), || self.log().contains(needle).then_some(()));
+    }
+
+    pub fn run_cli(&self, args: &[&str]) -> std::process::Output {
+        Command::new(BIN)
+            .args(args)
+            .arg("--conf")
+            .arg(&self.conf)
+            .current_dir(&self.dir)
+            .env("GW_ENV_FILE", "none")
+            .output()
+            .unwrap()
+    }
+
+    pub fn ws(&self, gw: usize) -> Ws {
+        Ws::connect(self.spec.gateways[gw].port, "/")
+    }
+
+    /// Stop with SIGINT and check that every process we saw is gone and the run files too.
+    pub fn stop(mut self) {
+        self.stop_inner();
+    }
+
+    fn stop_inner(&mut self) {
+        let Some(mut m) = self.master.take() else { return };
+        if let Some(s) = self.snapshot() {
+            for r in s.rows {
+                if !self.seen_pids.contains(&r.pid) {
+                    self.seen_pids.push(r.pid);
+                }
+            }
+        }
+        unsafe { libc::kill(m.id() as i32, libc::SIGINT) };
+        let st = wait_for("master exit", || m.try_wait().unwrap());
+        assert!(st.success(), "master exit status {st}; log:\n{}", self.log());
+        for pid in &self.seen_pids {
+            let alive = unsafe { libc::kill(*pid as i32, 0) } == 0;
+            assert!(!alive, "process {pid} left behind");
+        }
+        let run = self.dir.join("run");
+        let leftovers: Vec<_> =
+            std::fs::read_dir(&run).map(|d| d.flatten().map(|e| e.file_name()).collect()).unwrap_or_default();
+        assert!(leftovers.is_empty(), "run files left behind: {leftovers:?}");
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        if let Some(mut m) = self.master.take() {
+            unsafe { libc::kill(m.id() as i32, libc::SIGINT) };
+            let until = Instant::now() + Duration::from_secs(10);
+            while m.try_wait().ok().flatten().is_none() && Instant::now() < until {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            let _ = m.kill();
+            let _ = m.wait();
+        }
+        if !std::thread::panicking() {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        } else {
+            eprintln!("cluster log ({}):\n{}", self.dir.display(), self.log());
+        }
+    }
+}
+
+/// A blocking websocket client with a receive deadline and a backlog for out-of-order reads.
+pub struct Ws {
+    pub ws: WebSocket<TcpStream>,
+    backlog: VecDeque<Message>,
+    tag: u64,
+}
+
+impl Ws {
+    pub fn connect(port: u16, path: &str) -> Ws {
+        let stream = TcpStream::connect(("127.0.0.1", port)).unwrap();
+        stream.set_read_timeout(Some(DEADLINE)).unwrap();
+        let (ws, _) = tungstenite::client(format!("ws://127.0.0.1:{port}{path}"), stream).unwrap();
+        Ws { ws, backlog: VecDeque::new(), tag: 0 }
+    }
+
+    pub fn send(&mut self, text: &str) {
+        self.ws.send(Message::text(text)).unwrap();
+    }
+
+    pub fn send_binary(&mut self, b: &[u8]) {
+        self.ws.send(Message::binary(b.to_vec())).unwrap();
+    }
+
+    /// Next data message (pings are answered by tungstenite and skipped).
+    pub fn recv(&mut self) -> Message {
+        if let Some(m) = self.backlog.pop_front() {
+            return m;
+        }
+        self.read_data()
+    }
+
+    fn read_data(&mut self) -> Message {
+        loop {
+            match self.ws.read() {
+                Ok(m @ (Message::Text(_) | Message::Binary(_) | Message::Close(_))) => return m,
+                Ok(_) => {}
+                Err(e) => panic!("websocket read failed: {e}"),
+            }
+        }
+    }
+
+    pub fn recv_text(&mut self) -> String {
+        match self.recv() {
+            Message::Text(t) => t.to_string(),
+            other => panic!("expected text, got {other:?}"),
+        }
+    }
+
+    pub fn recv_json(&mut self) -> Json {
+        serde_json::from_str(&self.recv_text()).unwrap()
+    }
+
+    /// Wait for a text message satisfying `f`, keeping the others for later `recv`s.
+    pub fn recv_where(&mut self, f: impl Fn(&str) -> bool) -> String {
+        if let Some(i) = self.backlog.iter().position(|m| matches!(m, Message::Text(t) if f(t))) {
+            if let Some(Message::Text(t)) = self.backlog.remove(i) {
+                return t.to_string();
+            }
+        }
+        let mut skipped = Vec::new();
+        let found = loop {
+            let m = self.read_data();
+            match &m {
+                Message::Text(t) if f(t) => break t.to_string(),
+                _ => skipped.push(m),
+            }
+        };
+        self.backlog.extend(skipped);
+        found
+    }
+
+    /// Send a probe command and return its reply (`ok` value, or `Err(err text)`).
+    pub fn call(&mut self, mut req: Json) -> Result<Json, String> {
+        self.tag += 1;
+        let tag = self.tag;
+        req["tag"] = json!(tag);
+        self.send(&req.to_string());
+        let reply = self.recv_where(|t| {
+            serde_json::from_str::<Json>(t).map(|j| j.get("tag") == Some(&json!(tag))).unwrap_or(false)
+        });
+        let j: Json = serde_json::from_str(&reply).unwrap();
+        match j.get("err") {
+            Some(e) => Err(e.as_str().unwrap_or_default().to_string()),
+            None => Ok(j["ok"].clone()),
+        }
+    }
+
+    pub fn ok(&mut self, req: Json) -> Json {
+        let op = req["op"].clone();
+        self.call(req).unwrap_or_else(|e| panic!("{op}: {e}"))
+    }
+
+    pub fn id(&mut self) -> String {
+        self.ok(json!({"op": "whoami"})).as_str().unwrap().to_string()
+    }
+
+    /// The connection must be closed by the server (close frame or EOF) before the deadline.
+    pub fn expect_closed(&mut self) {
+        loop {
+            match self.ws.read() {
+                Ok(Message::Close(_)) => {}
+                Ok(_) => {}
+                Err(tungstenite::Error::ConnectionClosed | tungstenite::Error::AlreadyClosed) => return,
+                Err(tungstenite::Error::Io(e)) if e.kind() != std::io::ErrorKind::WouldBlock => return,
+                Err(tungstenite::Error::Protocol(_)) => return,
+                Err(e) => panic!("expected a close, got {e}"),
+            }
+        }
+    }
+
+    /// Nothing arrives within `d` (used only to check the absence of a message after a
+    /// later message proved the server processed everything before it).
+    pub fn assert_no_backlog(&self) {
+        assert!(self.backlog.is_empty(), "unexpected messages: {:?}", self.backlog);
+    }
+}
+
+/// A line-protocol client.
+pub struct Text {
+    pub r: BufReader<TcpStream>,
+    pub w: TcpStream,
+}
+
+impl Text {
+    pub fn connect(port: u16) -> Text {
+        let s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+        s.set_read_timeout(Some(DEADLINE)).unwrap();
+        Text { r: BufReader::new(s.try_clone().unwrap()), w: s }
+    }
+
+    pub fn send(&mut self, line: &str) {
+        self.w.write_all(format!("{line}\n").as_bytes()).unwrap();
+    }
+
+    pub fn recv(&mut self) -> String {
+        let mut l = String::new();
+        self.r.read_line(&mut l).unwrap();
+        assert!(l.ends_with('\n'), "connection closed before a line: {l:?}");
+        l.trim_end_matches('\n').to_string()
+    }
+
+    /// EOF from the server.
+    pub fn expect_eof(&mut self) {
+        let mut buf = Vec::new();
+        match self.r.read_to_end(&mut buf) {
+            Ok(_) => {}
+            Err(e) => assert!(e.kind() == std::io::ErrorKind::ConnectionReset, "{e}"),
+        }
+    }
+}
+
+/// A `frame` protocol client.
+pub struct Frame {
+    pub s: TcpStream,
+}
+
+impl Frame {
+    pub fn connect(port: u16) -> Frame {
+        let s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+        s.set_read_timeout(Some(DEADLINE)).unwrap();
+        Frame { s }
+    }
+
+    pub fn send(&mut self, payload: &[u8]) {
+        let mut b = ((payload.len() + 4) as u32).to_be_bytes().to_vec();
+        b.extend_from_slice(payload);
+        self.s.write_all(&b).unwrap();
+    }
+
+    pub fn recv(&mut self) -> Vec<u8> {
+        let mut h = [0u8; 4];
+        self.s.read_exact(&mut h).unwrap();
+        let mut p = vec![0u8; u32::from_be_bytes(h) as usize - 4];
+        self.s.read_exact(&mut p).unwrap();
+        p
+    }
+}
+
+/// Read a file relative to the package root.
+pub fn repo_file(p: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join(p)
+}
