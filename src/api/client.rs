@@ -62,10 +62,10 @@ fn ask_register(reg: SocketAddr, secret: &str, timeout: Duration) -> Result<Vec<
 
 impl Transport for ClientTransport {
     fn gateways(&mut self) -> Result<Vec<SocketAddrV4>, ApiError> {
-        if let Some((at, list)) = &self.cache {
-            if at.elapsed() < ADDRESS_CACHE {
-                return Ok(list.clone());
-            }
+        if let Some((at, list)) = &self.cache
+            && at.elapsed() < ADDRESS_CACHE
+        {
+            return Ok(list.clone());
         }
         let list = self.lookup()?;
         self.cache = Some((Instant::now(), list.clone()));

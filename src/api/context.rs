@@ -187,10 +187,10 @@ impl<'a> Context<'a> {
     pub fn set_session(&mut self, id: impl ToClientId, session: &Array) -> Result<(), ApiError> {
         let id = id.to_client_id()?;
         self.api.set_session(id, session)?;
-        if self.is_current(&id) {
-            if let Some(c) = self.current.as_mut() {
-                c.session = Some((session.clone(), session.clone()));
-            }
+        if self.is_current(&id)
+            && let Some(c) = self.current.as_mut()
+        {
+            c.session = Some((session.clone(), session.clone()));
         }
         Ok(())
     }

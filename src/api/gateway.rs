@@ -177,7 +177,7 @@ impl<T: Transport> Api<T> {
     ) -> Result<(), ApiError> {
         let list = name_list(uids);
         let p = Pkt::new(cmd::SEND_TO_UID, 0, opts.flag(), list.as_bytes(), msg.as_ref());
-        self.to_all_gateways(p)
+        self.send_to_all_gateways(p)
     }
 
     /// Send to the members of `groups` except `exclude` (a client in two listed groups gets
@@ -231,28 +231,28 @@ impl<T: Transport> Api<T> {
 
     pub fn bind_uid(&mut self, id: impl ToClientId, uid: &str) -> Result<(), ApiError> {
         non_empty(uid, "uid")?;
-        self.to_client_gateway(id, cmd::BIND_UID, uid.as_bytes())
+        self.send_to_client_gateway(id, cmd::BIND_UID, uid.as_bytes())
     }
 
     pub fn unbind_uid(&mut self, id: impl ToClientId, uid: &str) -> Result<(), ApiError> {
         non_empty(uid, "uid")?;
-        self.to_client_gateway(id, cmd::UNBIND_UID, uid.as_bytes())
+        self.send_to_client_gateway(id, cmd::UNBIND_UID, uid.as_bytes())
     }
 
     pub fn join_group(&mut self, id: impl ToClientId, group: &str) -> Result<(), ApiError> {
         non_empty(group, "group")?;
-        self.to_client_gateway(id, cmd::JOIN_GROUP, group.as_bytes())
+        self.send_to_client_gateway(id, cmd::JOIN_GROUP, group.as_bytes())
     }
 
     pub fn leave_group(&mut self, id: impl ToClientId, group: &str) -> Result<(), ApiError> {
         non_empty(group, "group")?;
-        self.to_client_gateway(id, cmd::LEAVE_GROUP, group.as_bytes())
+        self.send_to_client_gateway(id, cmd::LEAVE_GROUP, group.as_bytes())
     }
 
     /// Remove every member from `group` and delete it, on every gateway.
     pub fn ungroup(&mut self, group: &str) -> Result<(), ApiError> {
         non_empty(group, "group")?;
-        self.to_all_gateways(Pkt::new(cmd::UNGROUP, 0, flag::BODY_IS_SCALAR, group.as_bytes(), b""))
+        self.send_to_all_gateways(Pkt::new(cmd::UNGROUP, 0, flag::BODY_IS_SCALAR, group.as_bytes(), b""))
     }
 
     // ----- sessions ------------------------------------------------------------------------
@@ -260,12 +260,12 @@ impl<T: Transport> Api<T> {
     /// Replace a client's session.
     pub fn set_session(&mut self, id: impl ToClientId, session: &Array) -> Result<(), ApiError> {
         let bytes = if session.is_empty() { Vec::new() } else { php::serialize_array(session) };
-        self.to_client_gateway(id, cmd::SET_SESSION, &bytes)
+        self.send_to_client_gateway(id, cmd::SET_SESSION, &bytes)
     }
 
     /// Merge into a client's session at the gateway (`array_replace_recursive`).
     pub fn update_session(&mut self, id: impl ToClientId, partial: &Array) -> Result<(), ApiError> {
-        self.to_client_gateway(id, cmd::UPDATE_SESSION, &php::serialize_array(partial))
+        self.send_to_client_gateway(id, cmd::UPDATE_SESSION, &php::serialize_array(partial))
     }
 
     /// A client's session; `None` if the client is not online.
@@ -468,12 +468,17 @@ impl<T: Transport> Api<T> {
 
     // ----- plumbing -------------------------------------------------------------------------
 
-    fn to_client_gateway(&mut self, id: impl ToClientId, command: u8, ext: &[u8]) -> Result<(), ApiError> {
+    fn send_to_client_gateway(
+        &mut self,
+        id: impl ToClientId,
+        command: u8,
+        ext: &[u8],
+    ) -> Result<(), ApiError> {
         let id = id.to_client_id()?;
         self.t.send(id.gateway(), Pkt::new(command, id.connection_id, flag::BODY_IS_SCALAR, ext, b""))
     }
 
-    fn to_all_gateways(&mut self, p: Pkt<'_>) -> Result<(), ApiError> {
+    fn send_to_all_gateways(&mut self, p: Pkt<'_>) -> Result<(), ApiError> {
         for gw in self.t.gateways()? {
             let _ = self.t.send(gw, p);
         }

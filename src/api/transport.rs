@@ -174,10 +174,10 @@ impl QueryPool {
     }
 
     fn connect(&self, gw: SocketAddrV4) -> io::Result<Conn> {
-        if let Some(path) = self.local.as_ref().and_then(|l| l.socket(gw)) {
-            if let Ok(s) = UnixStream::connect(path) {
-                return Ok(Conn::Unix(s));
-            }
+        if let Some(path) = self.local.as_ref().and_then(|l| l.socket(gw))
+            && let Ok(s) = UnixStream::connect(path)
+        {
+            return Ok(Conn::Unix(s));
         }
         let s = TcpStream::connect_timeout(&SocketAddr::V4(gw), CONNECT_TIMEOUT)?;
         let _ = s.set_nodelay(true);

@@ -39,10 +39,10 @@ pub fn init(tag: &str, file: Option<PathBuf>) {
         None => Sink::Stderr,
     };
     let logger = Logger { tag: tag.to_string(), sink: Mutex::new(sink) };
-    if LOGGER.set(logger).is_ok() {
-        if let Some(l) = LOGGER.get() {
-            let _ = log::set_logger(l);
-        }
+    if LOGGER.set(logger).is_ok()
+        && let Some(l) = LOGGER.get()
+    {
+        let _ = log::set_logger(l);
     }
     let level = match std::env::var("GW_LOG").as_deref() {
         Ok("error") => LevelFilter::Error,
@@ -56,12 +56,11 @@ pub fn init(tag: &str, file: Option<PathBuf>) {
 
 /// Reopen the log file (after logrotate moved it).
 pub fn reopen() {
-    if let Some(l) = LOGGER.get() {
-        if let Ok(mut sink) = l.sink.lock() {
-            if let Sink::File { path, file } = &mut *sink {
-                *file = open(path);
-            }
-        }
+    if let Some(l) = LOGGER.get()
+        && let Ok(mut sink) = l.sink.lock()
+        && let Sink::File { path, file } = &mut *sink
+    {
+        *file = open(path);
     }
 }
 

@@ -22,6 +22,7 @@ Commands:
   restart [-d]      stop, then start
   reload            business workers restart from the binary on disk; clients stay connected
   status [-d]       live process table (-d: refresh every second; --json: machine readable)
+  connections       one line per connection of every process
 
 Options:
   --conf FILE       configuration file (default: $GW_CONF, else conf/dev.toml)
@@ -91,6 +92,7 @@ pub fn main(apps: AppFactory) -> i32 {
         }
         "reload" => reload(&conf),
         "status" => status(&conf, &args),
+        "connections" => connections(&conf),
         "help" => {
             print!("{USAGE}");
             0
@@ -133,15 +135,15 @@ fn start(conf: &Path, args: &Args, apps: AppFactory) -> i32 {
         eprintln!("{title} already running (master pid {pid})");
         return 1;
     }
-    if let Some(w) = cfg.worker.as_ref().filter(|_| cfg.machine_type != MachineType::Master) {
-        if apps(&w.app).is_none() {
-            eprintln!(
-                "config error in {}: key `worker.app`: unknown application {:?} (fix: use one of the bundled apps: chat, echo, broadcast)",
-                conf.display(),
-                w.app
-            );
-            return 78;
-        }
+    if let Some(w) = cfg.worker.as_ref().filter(|_| cfg.machine_type != MachineType::Master)
+        && apps(&w.app).is_none()
+    {
+        eprintln!(
+            "config error in {}: key `worker.app`: unknown application {:?} (fix: use one of the bundled apps: chat, echo, broadcast)",
+            conf.display(),
+            w.app
+        );
+        return 78;
     }
     let exe = match std::env::current_exe() {
         Ok(p) => p,
@@ -335,6 +337,28 @@ fn status(conf: &Path, args: &Args) -> i32 {
         }
         if running_master(&cfg).is_none() {
             return 0;
+        }
+    }
+}
+
+fn connections(conf: &Path) -> i32 {
+    let cfg = match load(conf) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    let title = title(conf);
+    let Some(pid) = running_master(&cfg) else {
+        eprintln!("{title} not run");
+        return 3;
+    };
+    match crate::stats::conns::collect(&cfg, pid) {
+        Ok(text) => {
+            print!("{text}");
+            0
+        }
+        Err(e) => {
+            eprintln!("{title} connections: {e}");
+            1
         }
     }
 }

@@ -2,7 +2,7 @@
 //! `.env` / environment overrides.
 
 use std::collections::BTreeSet;
-use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, ToSocketAddrs};
+use std::net::{SocketAddr, SocketAddrV4, ToSocketAddrs};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -89,50 +89,50 @@ fn env_get<'a>(env: &'a [(String, String)], key: &str) -> Option<&'a str> {
 }
 
 fn build(top: &mut Sec<'_>, env: &[(String, String)]) -> Result<Config, ConfigError> {
+    // Every key is read from the file (so its type is checked and it never counts as
+    // unknown), then the environment overrides it.
+    let v = top.string("machine_type", Some("all"))?;
     let machine_type = match env_get(env, "GW_MACHINE_TYPE") {
-        Some(v) => {
-            parse_machine_type(v).ok_or_else(|| top.env_err("GW_MACHINE_TYPE", v, "all, master or worker"))?
+        Some(e) => {
+            parse_machine_type(e).ok_or_else(|| top.env_err("GW_MACHINE_TYPE", e, "all, master or worker"))?
         }
-        None => {
-            let v = top.string("machine_type", Some("all"))?;
-            parse_machine_type(&v).ok_or_else(|| {
-                top.err(
-                    "machine_type",
-                    format!("unknown machine type {v:?}"),
-                    "use \"all\", \"master\" or \"worker\"",
-                )
-            })?
-        }
+        None => parse_machine_type(&v).ok_or_else(|| {
+            top.err(
+                "machine_type",
+                format!("unknown machine type {v:?}"),
+                "use \"all\", \"master\" or \"worker\"",
+            )
+        })?,
     };
+    let v = top.string("lan_ip", Some("127.0.0.1"))?;
     let lan_ip = match env_get(env, "GW_LAN_IP") {
-        Some(v) => v.parse().map_err(|_| top.env_err("GW_LAN_IP", v, "an IPv4 address such as 10.0.0.5"))?,
-        None => {
-            let v = top.string("lan_ip", Some("127.0.0.1"))?;
-            v.parse().map_err(|_| top.err("lan_ip", format!("{v:?} is not an IPv4 address"), "use this machine's LAN IPv4 address, e.g. \"10.0.0.5\" (a hostname breaks client_id routing)"))?
-        }
+        Some(e) => e.parse().map_err(|_| top.env_err("GW_LAN_IP", e, "an IPv4 address such as 10.0.0.5"))?,
+        None => v.parse().map_err(|_| {
+            top.err(
+                "lan_ip",
+                format!("{v:?} is not an IPv4 address"),
+                "use this machine's LAN IPv4 address, e.g. \"10.0.0.5\" (a hostname breaks client_id routing)",
+            )
+        })?,
     };
+    let list = top.string_or_list("register_address", "127.0.0.1:1236")?;
     let register_address = match env_get(env, "GW_REGISTER_ADDRESS") {
-        Some(v) => {
+        Some(e) => {
             let list: Vec<String> =
-                v.split(',').map(|s| s.trim().to_string()).filter(|s| !s.is_empty()).collect();
+                e.split(',').map(|s| s.trim().to_string()).filter(|s| !s.is_empty()).collect();
             parse_register_list(&list)
                 .map_err(|bad| top.env_err("GW_REGISTER_ADDRESS", &bad, "ip:port[,ip:port...]"))?
         }
-        None => {
-            let list = top.string_or_list("register_address", "127.0.0.1:1236")?;
-            parse_register_list(&list).map_err(|bad| {
-                top.err(
-                    "register_address",
-                    format!("{bad:?} is not an ip:port address"),
-                    "write \"10.0.0.5:1236\" or a list [\"10.0.0.5:1236\", \"10.0.0.6:1236\"]",
-                )
-            })?
-        }
+        None => parse_register_list(&list).map_err(|bad| {
+            top.err(
+                "register_address",
+                format!("{bad:?} is not an ip:port address"),
+                "write \"10.0.0.5:1236\" or a list [\"10.0.0.5:1236\", \"10.0.0.6:1236\"]",
+            )
+        })?,
     };
-    let stage = match env_get(env, "GW_STAGE_MODE") {
-        Some(v) => v.to_string(),
-        None => top.string("stage_mode", Some("dev"))?,
-    };
+    let v = top.string("stage_mode", Some("dev"))?;
+    let stage = env_get(env, "GW_STAGE_MODE").map(str::to_string).unwrap_or(v);
     let production = match stage.as_str() {
         "production" | "prod" => true,
         "dev" | "development" | "local" | "testing" | "test" => false,
@@ -144,14 +144,10 @@ fn build(top: &mut Sec<'_>, env: &[(String, String)]) -> Result<Config, ConfigEr
             ));
         }
     };
-    let secret_key = match env_get(env, "GW_SECRET_KEY") {
-        Some(v) => v.to_string(),
-        None => top.string("secret_key", Some(""))?,
-    };
-    let run_dir = PathBuf::from(match env_get(env, "GW_RUN_DIR") {
-        Some(v) => v.to_string(),
-        None => top.string("run_dir", Some("run"))?,
-    });
+    let v = top.string("secret_key", Some(""))?;
+    let secret_key = env_get(env, "GW_SECRET_KEY").map(str::to_string).unwrap_or(v);
+    let v = top.string("run_dir", Some("run"))?;
+    let run_dir = PathBuf::from(env_get(env, "GW_RUN_DIR").map(str::to_string).unwrap_or(v));
     let pid_file = top.path("pid_file", &run_dir.join("gatewayworker.pid"))?;
     let log_file = top.path("log_file", &run_dir.join("gatewayworker.log"))?;
     let stdout_file = top.path("stdout_file", Path::new("/dev/null"))?;

@@ -137,6 +137,14 @@ impl Client {
         self.out.len()
     }
 
+    /// Bytes received and not decoded yet (tungstenite's own buffer is not counted).
+    pub fn pending_input(&self) -> usize {
+        match &self.codec {
+            Codec::Text(b) | Codec::Frame(b) | Codec::Handshake(b) => b.len(),
+            Codec::Ws(_) => 0,
+        }
+    }
+
     /// Read and decode the next inbound item. `scratch` receives a message's payload.
     /// `max` is the largest message accepted.
     pub fn next(&mut self, scratch: &mut Vec<u8>, max: usize, ws_cfg: &WebSocketConfig) -> Inbound {
@@ -266,14 +274,6 @@ impl Client {
 
     /// Start closing: whatever is queued is written, then the connection is closed.
     pub fn close_after_flush(&mut self) {
-        self.closing = true;
-    }
-
-    /// Fail a websocket connection with a close frame carrying `code` (then close).
-    pub fn fail_ws(&mut self, code: u16) {
-        if matches!(self.codec, Codec::Ws(_)) {
-            websocket::encode_close(self.out.vec(), code);
-        }
         self.closing = true;
     }
 

@@ -274,7 +274,7 @@ impl Gateway {
             warn!("gateway: SEND_TO_GROUP with undecodable ext_data; nothing sent");
             return;
         };
-        let groups = json.get("group").map(|g| json_strings(g)).unwrap_or_default();
+        let groups = json.get("group").map(json_strings).unwrap_or_default();
         let exclude: HashSet<u32> =
             json.get("exclude").map(|e| json_ids(e, true)).unwrap_or_default().into_iter().collect();
         let msg = message(p);

@@ -41,14 +41,6 @@ impl Members {
         self.joined.len()
     }
 
-    pub fn is_empty(&self) -> bool {
-        self.joined.is_empty()
-    }
-
-    pub fn contains(&self, id: u32) -> bool {
-        self.joined.contains_key(&id)
-    }
-
     /// Member ids in any order (for sending).
     pub fn ids(&self) -> impl Iterator<Item = u32> + '_ {
         self.joined.keys().copied()
@@ -101,14 +93,6 @@ impl Index {
         self.map.get(name)
     }
 
-    pub fn len(&self) -> usize {
-        self.map.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.map.is_empty()
-    }
-
     /// Names in creation order.
     pub fn names(&self) -> Vec<&[u8]> {
         let mut v: Vec<(u64, &[u8])> = self.map.iter().map(|(k, m)| (m.seq, &k[..])).collect();
@@ -132,9 +116,9 @@ mod tests {
         assert_eq!(g.get(b"g1").unwrap().ordered(), vec![2, 1]);
         assert!(g.remove(b"42", 1));
         assert!(g.get(b"42").is_none());
-        assert_eq!(g.len(), 1);
+        assert_eq!(g.names().len(), 1);
         let m = g.take(b"g1").unwrap();
         assert_eq!(m.len(), 2);
-        assert!(g.is_empty());
+        assert!(g.names().is_empty());
     }
 }

@@ -28,12 +28,13 @@ use crate::net::io::Io;
 use crate::net::tls::TlsIo;
 use crate::net::websocket;
 use crate::reactor::{Ctx, Reactor, Ready, Service, would_block};
+use crate::stats::conns::{self, ConnInfo};
 use crate::stats::{Slot, State, Stats};
 use crate::wire::link::{Link, Target};
 use crate::wire::packet::{self, Header, cmd, flag};
 use crate::wire::{php, register as lines};
 
-use client::{Client, Closed, Inbound, Route};
+use client::{Client, Closed, Inbound};
 use clients::Clients;
 use index::Index;
 use inner::Inner;
@@ -130,6 +131,7 @@ pub struct Gateway {
     stats: Stats,
     stop: Stop,
     last_no_worker_log: Option<Instant>,
+    run_dir: std::path::PathBuf,
 }
 
 /// Entry point of a gateway process.
@@ -217,6 +219,7 @@ impl Gateway {
             stats,
             stop: Stop::No,
             last_no_worker_log: None,
+            run_dir: cfg.run_dir.clone(),
         }
     }
 
@@ -434,20 +437,20 @@ impl Gateway {
     }
 
     fn mark_dirty(&mut self, key: usize) {
-        if let Some(c) = self.clients.by_key_mut(key) {
-            if !c.dirty {
-                c.dirty = true;
-                self.dirty_clients.push(key);
-            }
+        if let Some(c) = self.clients.by_key_mut(key)
+            && !c.dirty
+        {
+            c.dirty = true;
+            self.dirty_clients.push(key);
         }
     }
 
     fn mark_dead(&mut self, key: usize) {
-        if let Some(c) = self.clients.by_key_mut(key) {
-            if !c.dead {
-                c.dead = true;
-                self.dead_clients.push(key);
-            }
+        if let Some(c) = self.clients.by_key_mut(key)
+            && !c.dead
+        {
+            c.dead = true;
+            self.dead_clients.push(key);
         }
     }
 
@@ -530,13 +533,13 @@ impl Gateway {
                 }
                 None => self.router.any(),
             };
-            if let Some(r) = route {
-                if let Some(inner) = self.inners.get_mut(r.key) {
-                    inner.out.extend(&rest[..n]);
-                    if !inner.dirty {
-                        inner.dirty = true;
-                        self.dirty_inners.push(r.key);
-                    }
+            if let Some(r) = route
+                && let Some(inner) = self.inners.get_mut(r.key)
+            {
+                inner.out.extend(&rest[..n]);
+                if !inner.dirty {
+                    inner.dirty = true;
+                    self.dirty_inners.push(r.key);
                 }
             }
             rest = &rest[n..];
@@ -611,11 +614,11 @@ impl Gateway {
 
     /// Queue inner link `key` for destruction at the end of the turn.
     fn kill_inner(&mut self, key: usize) {
-        if let Some(inner) = self.inners.get_mut(key) {
-            if !inner.dead {
-                inner.dead = true;
-                self.dead_inners.push(key);
-            }
+        if let Some(inner) = self.inners.get_mut(key)
+            && !inner.dead
+        {
+            inner.dead = true;
+            self.dead_inners.push(key);
         }
     }
 
@@ -749,11 +752,11 @@ impl Gateway {
         }
         let data = std::mem::take(&mut self.ping_data);
         for key in ping {
-            if let Some(c) = self.clients.by_key_mut(key) {
-                if !c.handshaking() || self.me.proto != Proto::WebSocket {
-                    let _ = c.send(&data, false, false, self.limits.send_to_client_buffer_size);
-                    self.mark_dirty(key);
-                }
+            if let Some(c) = self.clients.by_key_mut(key)
+                && (!c.handshaking() || self.me.proto != Proto::WebSocket)
+            {
+                let _ = c.send(&data, false, false, self.limits.send_to_client_buffer_size);
+                self.mark_dirty(key);
             }
         }
         self.ping_data = data;
@@ -767,14 +770,14 @@ impl Gateway {
                 break;
             }
             self.handshakes.pop_front();
-            if let Some(key) = self.clients.key_of(id) {
-                if self.clients.by_key(key).is_some_and(|c| c.handshaking()) {
-                    Slot::bump(&self.stats.slot().limit_handshake);
-                    warn!(
-                        "gateway: client {id} did not finish its handshake in time (gateway.limits.handshake_timeout), closing"
-                    );
-                    self.mark_dead(key);
-                }
+            if let Some(key) = self.clients.key_of(id)
+                && self.clients.by_key(key).is_some_and(|c| c.handshaking())
+            {
+                Slot::bump(&self.stats.slot().limit_handshake);
+                warn!(
+                    "gateway: client {id} did not finish its handshake in time (gateway.limits.handshake_timeout), closing"
+                );
+                self.mark_dead(key);
             }
         }
         let idle = self.limits.idle_timeout.as_secs() as u32;
@@ -824,6 +827,50 @@ impl Gateway {
             }
         }
         cx.after(KEEPALIVE, Timer::KeepAlive);
+    }
+
+    /// One line per connection, for the `connections` command.
+    fn connections(&self) -> Vec<ConnInfo> {
+        let mut out = Vec::new();
+        let tls = self.tls.is_some();
+        for (_, c) in self.clients.iter() {
+            let (local, remote) = conns::addrs(&c.io);
+            out.push(ConnInfo {
+                id: c.id as u64,
+                protocol: c.proto().scheme(tls),
+                transport: if tls { "ssl" } else { "tcp" },
+                recv_q: c.pending_input(),
+                send_q: c.queued(),
+                bytes_read: c.bytes_read,
+                bytes_written: c.bytes_written,
+                state: if c.closing || c.dead {
+                    "CLOSING"
+                } else if c.handshaking() {
+                    "CONNECTING"
+                } else {
+                    "ESTABLISHED"
+                },
+                local,
+                remote,
+            });
+        }
+        for (_, i) in self.inners.iter() {
+            let (local, remote) = conns::addrs(&i.io);
+            out.push(ConnInfo {
+                id: i.serial,
+                protocol: "GatewayProtocol",
+                transport: if matches!(i.io, Io::Unix(_)) { "unix" } else { "tcp" },
+                recv_q: i.inbuf.len(),
+                send_q: i.out.len(),
+                bytes_read: i.bytes_read,
+                bytes_written: i.bytes_written,
+                state: if i.closing || i.dead { "CLOSING" } else { "ESTABLISHED" },
+                local,
+                remote,
+            });
+        }
+        out.extend(self.registers.iter().map(|l| l.conn_info(0)));
+        out
     }
 
     fn begin_stop(&mut self, cx: &mut Ctx<'_, Timer>, graceful: bool) {
@@ -892,10 +939,16 @@ impl Service for Gateway {
     }
 
     fn on_signal(&mut self, cx: &mut Ctx<'_, Timer>, signal: i32) {
-        if signal == libc::SIGQUIT {
-            self.begin_stop(cx, true);
-        } else if crate::master::is_stop_signal(signal) {
-            self.begin_stop(cx, false);
+        match signal {
+            libc::SIGQUIT => self.begin_stop(cx, true),
+            libc::SIGUSR1 | libc::SIGUSR2 => crate::cli::logger::reopen(),
+            libc::SIGIO => {
+                if let Err(e) = conns::dump(&self.run_dir, &self.me.name, &self.connections()) {
+                    warn!("gateway: cannot write the connection list: {e}");
+                }
+            }
+            s if crate::master::is_stop_signal(s) => self.begin_stop(cx, false),
+            _ => {}
         }
     }
 

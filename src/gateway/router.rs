@@ -33,11 +33,6 @@ impl Router {
         }
     }
 
-    /// Number of workers taking new events.
-    pub fn live(&self) -> usize {
-        self.entries.iter().filter(|e| !e.draining).count()
-    }
-
     pub fn is_live(&self, r: Route) -> bool {
         self.entries.iter().any(|e| e.route == r && !e.draining)
     }
@@ -101,7 +96,6 @@ mod tests {
         rt.add(r(2));
         rt.set_draining(1);
         assert_eq!(rt.route(Some(a)), Some(r(2)));
-        assert_eq!(rt.live(), 1);
         rt.remove(2);
         assert_eq!(rt.route(None), None);
         assert_eq!(rt.any(), None);

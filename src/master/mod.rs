@@ -23,8 +23,8 @@ use crate::stats::{Role, Shm, Slot, State};
 pub use spawn::{describe, signal};
 
 /// Signals every child handles (through its reactor).
-pub const CHILD_SIGNALS: [i32; 6] =
-    [libc::SIGINT, libc::SIGTERM, libc::SIGHUP, libc::SIGQUIT, libc::SIGUSR1, libc::SIGUSR2];
+pub const CHILD_SIGNALS: [i32; 7] =
+    [libc::SIGINT, libc::SIGTERM, libc::SIGHUP, libc::SIGQUIT, libc::SIGUSR1, libc::SIGUSR2, libc::SIGIO];
 
 /// Signals the master handles.
 const MASTER_SIGNALS: [i32; 7] =
@@ -102,6 +102,16 @@ pub struct Master {
     kill_at: Option<Instant>,
 }
 
+/// What to do about a failed bind.
+fn bind_hint(e: &io::Error) -> &'static str {
+    match e.kind() {
+        io::ErrorKind::AddrInUse => "stop what uses the port or choose another",
+        io::ErrorKind::AddrNotAvailable => "use an address of this machine, or 0.0.0.0",
+        io::ErrorKind::PermissionDenied => "ports below 1024 need root; choose a higher port",
+        _ => "check the address",
+    }
+}
+
 /// Bind every listener of `cfg`; errors name the config key to fix.
 fn bind_all(cfg: &Config) -> Result<Listeners, String> {
     let mut l = Listeners { register: None, public: Vec::new(), inner: Vec::new() };
@@ -111,21 +121,34 @@ fn bind_all(cfg: &Config) -> Result<Listeners, String> {
     let file = cfg.file.display();
     if let Some(r) = &cfg.register {
         l.register = Some(bind_tcp(r.listen).map_err(|e| {
-            format!("config error in {file}: key `register.listen`: cannot listen on {}: {e} (fix: stop what uses the port or choose another)", r.listen)
+            format!(
+                "config error in {file}: key `register.listen`: cannot listen on {}: {e} (fix: {})",
+                r.listen,
+                bind_hint(&e)
+            )
         })?);
     }
     std::fs::create_dir_all(&cfg.run_dir).map_err(|e| {
         format!("config error in {file}: key `run_dir`: cannot create {}: {e}", cfg.run_dir.display())
     })?;
     for (gi, g) in cfg.gateways.iter().enumerate() {
+        if let Some(t) = &g.tls {
+            // Fail at start, in the terminal, rather than in every gateway child.
+            crate::net::tls::server_config(&t.cert, &t.key)
+                .map_err(|e| format!("config error in {file}: key `tls`: {e} (fix: set [tls] cert and key to readable PEM files, or stage_mode = \"dev\")"))?;
+        }
         l.public.push(bind_tcp(g.listen).map_err(|e| {
-            format!("config error in {file}: key `gateway[{gi}].listen`: cannot listen on {}: {e} (fix: stop what uses the port or choose another)", g.listen)
+            format!(
+                "config error in {file}: key `gateway[{gi}].listen`: cannot listen on {}: {e} (fix: {})",
+                g.listen,
+                bind_hint(&e)
+            )
         })?);
         for id in 0..g.count {
             let port = g.start_port + id;
             let addr = std::net::SocketAddr::new(std::net::IpAddr::V4(cfg.lan_ip), port);
             let tcp = bind_tcp(addr).map_err(|e| {
-                format!("config error in {file}: key `gateway[{gi}].start_port`: cannot listen on inner port {addr}: {e} (fix: choose a free range, or check lan_ip is an address of this machine)")
+                format!("config error in {file}: key `gateway[{gi}].start_port`: cannot listen on inner port {addr}: {e} (fix: {}; inner ports listen on lan_ip)", bind_hint(&e))
             })?;
             let path = cfg.inner_socket_path(port);
             let unix = bind_unix(&path).map_err(|e| {

@@ -149,13 +149,13 @@ impl Master {
                 }
             }
             Wait::OldExit => {
-                if step.since.elapsed() >= timeout {
-                    if let Some(pid) = self.procs.get(step.old).and_then(|p| p.pid) {
-                        warn!(
-                            "reload: old business worker {pid} did not finish draining in {timeout:?}; killing it"
-                        );
-                        spawn::signal(pid, libc::SIGKILL);
-                    }
+                if step.since.elapsed() >= timeout
+                    && let Some(pid) = self.procs.get(step.old).and_then(|p| p.pid)
+                {
+                    warn!(
+                        "reload: old business worker {pid} did not finish draining in {timeout:?}; killing it"
+                    );
+                    spawn::signal(pid, libc::SIGKILL);
                 }
             }
         }

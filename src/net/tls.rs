@@ -51,6 +51,10 @@ impl TlsIo {
         Ok(TlsIo { tcp, tls })
     }
 
+    pub fn tcp(&self) -> &TcpStream {
+        &self.tcp
+    }
+
     pub fn tcp_mut(&mut self) -> &mut TcpStream {
         &mut self.tcp
     }

@@ -148,7 +148,7 @@ pub(crate) mod tests {
     impl Write for Choppy {
         fn write(&mut self, b: &[u8]) -> io::Result<usize> {
             self.calls += 1;
-            if self.block_every > 0 && self.calls % self.block_every == 0 {
+            if self.block_every > 0 && self.calls.is_multiple_of(self.block_every) {
                 return Err(io::ErrorKind::WouldBlock.into());
             }
             let n = b.len().min(self.chunk);

@@ -14,6 +14,7 @@ use slab::Slab;
 use crate::config::Config;
 use crate::net::io::Io;
 use crate::reactor::{Ctx, InBuf, OutBuf, Reactor, Ready, Service, TimerId, would_block};
+use crate::stats::conns::ConnInfo;
 use crate::stats::{Slot, State, Stats};
 use crate::wire::register::{self as lines, Request};
 
@@ -64,6 +65,7 @@ pub struct Register {
     dirty: Vec<usize>,
     stats: Stats,
     stop: bool,
+    run_dir: std::path::PathBuf,
 }
 
 /// Entry point of the register process.
@@ -94,6 +96,7 @@ impl Register {
             dirty: Vec::new(),
             stats,
             stop: false,
+            run_dir: cfg.run_dir.clone(),
         }
     }
 
@@ -349,8 +352,33 @@ impl Service for Register {
     }
 
     fn on_signal(&mut self, _cx: &mut Ctx<'_, Timer>, signal: i32) {
-        if crate::master::is_stop_signal(signal) {
-            self.stop = true;
+        match signal {
+            libc::SIGUSR1 | libc::SIGUSR2 => crate::cli::logger::reopen(),
+            libc::SIGIO => {
+                let list: Vec<ConnInfo> = self
+                    .conns
+                    .iter()
+                    .map(|(k, c)| {
+                        let (local, remote) = crate::stats::conns::addrs(&c.io);
+                        ConnInfo {
+                            id: k as u64 + 1,
+                            protocol: "Text",
+                            transport: "tcp",
+                            recv_q: c.inbuf.len(),
+                            send_q: c.out.len(),
+                            state: if c.closing { "CLOSING" } else { "ESTABLISHED" },
+                            local,
+                            remote,
+                            ..ConnInfo::default()
+                        }
+                    })
+                    .collect();
+                if let Err(e) = crate::stats::conns::dump(&self.run_dir, "Register", &list) {
+                    warn!("register: cannot write the connection list: {e}");
+                }
+            }
+            s if crate::master::is_stop_signal(s) => self.stop = true,
+            _ => {}
         }
     }
 

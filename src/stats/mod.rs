@@ -2,6 +2,7 @@
 //! by the master and one fixed slot of atomic counters per process, each written only by its
 //! own process. `status` maps the file read-only; no signal round trip, no temp files.
 
+pub mod conns;
 pub mod table;
 
 use std::fs::OpenOptions;

@@ -147,7 +147,7 @@ pub fn render(s: &Snapshot, conf: &str, qps: &dyn Fn(u32) -> Option<u64>) -> Str
         s.reloads
     );
     let w = names.iter().map(|n| n.len()).max().unwrap_or(4).max(11);
-    let _ = writeln!(o, "{:<w$} {:<16} {}", "worker_name", "exit_status", "exit_count");
+    let _ = writeln!(o, "{:<w$} {:<16} exit_count", "worker_name", "exit_status");
     for (name, count, status) in s.exits.iter().filter(|(n, _, _)| n != "master") {
         let _ = writeln!(o, "{name:<w$} {status:<16} {count}");
     }

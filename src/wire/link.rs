@@ -59,6 +59,8 @@ pub struct Link {
     pub out: OutBuf,
     pub bytes_read: u64,
     pub bytes_written: u64,
+    /// Name shown by `connections` (`Text` for register links).
+    pub protocol: &'static str,
 }
 
 impl Link {
@@ -73,6 +75,7 @@ impl Link {
             out: OutBuf::default(),
             bytes_read: 0,
             bytes_written: 0,
+            protocol: "Text",
         }
     }
 
@@ -179,5 +182,29 @@ impl Link {
 
     pub fn is_connected(&self) -> bool {
         self.phase == Phase::Connected
+    }
+
+    /// This link as a line of the `connections` command.
+    pub fn conn_info(&self, id: u64) -> crate::stats::conns::ConnInfo {
+        let (local, remote) = match &self.io {
+            Some(io) => crate::stats::conns::addrs(io),
+            None => (String::new(), self.target.to_string()),
+        };
+        crate::stats::conns::ConnInfo {
+            id,
+            protocol: self.protocol,
+            transport: if matches!(self.target, Target::Unix(_)) { "unix" } else { "tcp" },
+            recv_q: self.inbuf.len(),
+            send_q: self.out.len(),
+            bytes_read: self.bytes_read,
+            bytes_written: self.bytes_written,
+            state: match self.phase {
+                Phase::Idle => "CLOSED",
+                Phase::Connecting => "CONNECTING",
+                Phase::Connected => "ESTABLISHED",
+            },
+            local,
+            remote,
+        }
     }
 }

@@ -75,6 +75,7 @@ impl GatewayLinks {
         };
         let entry = self.slab.vacant_entry();
         let mut link = Link::new(target, Token(self.base + entry.key()));
+        link.protocol = "GatewayProtocol";
         Pkt::new(cmd::WORKER_CONNECT, 0, flag::BODY_IS_SCALAR, b"", &self.connect_body)
             .encode_into(link.out.vec());
         link.dial(reg)?;
@@ -198,6 +199,13 @@ impl GatewayLinks {
             // The sockets are non-blocking; wait a little for the peers to read.
             std::thread::sleep(Duration::from_millis(1));
         }
+    }
+}
+
+impl GatewayLinks {
+    /// Lines for the `connections` command.
+    pub fn conn_infos(&self) -> Vec<crate::stats::conns::ConnInfo> {
+        self.slab.iter().map(|(k, l)| l.link.conn_info(k as u64 + 1)).collect()
     }
 }
 

@@ -74,6 +74,7 @@ pub struct Worker {
     stop: Stop,
     drain_started: Option<Instant>,
     stopped_app: bool,
+    run_dir: std::path::PathBuf,
 }
 
 /// Entry point of a business worker process.
@@ -111,6 +112,7 @@ pub fn run(cfg: &Config, id: u16, app: Box<dyn Events>, stats: Stats) -> io::Res
         stop: Stop::No,
         drain_started: None,
         stopped_app: false,
+        run_dir: cfg.run_dir.clone(),
     };
     {
         let mut cx = reactor.ctx();
@@ -461,6 +463,12 @@ impl Service for Worker {
     fn on_signal(&mut self, cx: &mut Ctx<'_, Timer>, signal: i32) {
         if signal == libc::SIGQUIT || signal == libc::SIGUSR1 || signal == libc::SIGUSR2 {
             self.begin_drain(cx);
+        } else if signal == libc::SIGIO {
+            let mut list = self.links.conn_infos();
+            list.extend(self.registers.iter().enumerate().map(|(i, l)| l.conn_info(1000 + i as u64)));
+            if let Err(e) = crate::stats::conns::dump(&self.run_dir, &self.name, &list) {
+                warn!("business worker: cannot write the connection list: {e}");
+            }
         } else if crate::master::is_stop_signal(signal) {
             self.finish(cx);
         }

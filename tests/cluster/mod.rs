@@ -322,10 +322,10 @@ impl Ws {
 
     /// Wait for a text message satisfying `f`, keeping the others for later `recv`s.
     pub fn recv_where(&mut self, f: impl Fn(&str) -> bool) -> String {
-        if let Some(i) = self.backlog.iter().position(|m| matches!(m, Message::Text(t) if f(t))) {
-            if let Some(Message::Text(t)) = self.backlog.remove(i) {
-                return t.to_string();
-            }
+        if let Some(i) = self.backlog.iter().position(|m| matches!(m, Message::Text(t) if f(t)))
+            && let Some(Message::Text(t)) = self.backlog.remove(i)
+        {
+            return t.to_string();
         }
         let mut skipped = Vec::new();
         let found = loop {

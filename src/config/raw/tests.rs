@@ -1,3 +1,5 @@
+use std::net::Ipv4Addr;
+
 use super::*;
 
 fn load_str(text: &str) -> Result<Config, ConfigError> {
