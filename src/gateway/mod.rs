@@ -962,6 +962,11 @@ impl Service for Gateway {
             self.accept_clients(cx);
         }
         self.flush_all(cx);
+        let registers = self.registers.iter().filter(|l| l.is_connected()).count();
+        Slot::set(
+            &self.stats.slot().connections,
+            (self.clients.len() + self.inners.len() + registers) as u64,
+        );
         !self.again.is_empty()
     }
 

@@ -302,7 +302,8 @@ impl Master {
                 true
             }
             Err(e) => {
-                error!("cannot start {:?}: {e}", self.procs[i].kind);
+                let (_, _, name, _) = self.names(self.procs[i].kind);
+                error!("cannot start {name} from {}: {e}", self.exe.display());
                 self.schedule_respawn(cx, i);
                 false
             }
@@ -347,10 +348,11 @@ impl Master {
     }
 
     fn schedule_respawn(&mut self, cx: &mut Ctx<'_, Timer>, i: usize) {
+        let (_, _, name, _) = self.names(self.procs[i].kind);
         let p = &mut self.procs[i];
         p.quick_deaths += 1;
         let delay = Duration::from_millis(500 * (1u64 << p.quick_deaths.min(6))).min(MAX_BACKOFF);
-        warn!("{:?} keeps failing at start; next attempt in {delay:?}", p.kind);
+        warn!("{name} fails at start ({} times in a row); next attempt in {delay:?}", p.quick_deaths);
         cx.after(delay, Timer::Respawn(i));
     }
 
@@ -363,7 +365,10 @@ impl Master {
         let (_, _, name, _) = self.names(self.procs[i].kind);
         let p = &mut self.procs[i];
         p.pid = None;
+        // Did it get as far as serving? A child that fails before that is a failed start.
+        let mut was_serving = false;
         if let Some(slot) = self.shm.slot(p.slot) {
+            was_serving = matches!(slot.state(), Some(State::Ready | State::Draining));
             Slot::bump(&slot.exit_count);
             Slot::set(&slot.last_exit_status, status as u64);
             slot.set_state(State::Exited);
@@ -374,7 +379,7 @@ impl Master {
             return;
         }
         warn!("worker[{name}:{pid}] exit with status {status} ({}); restarting it", describe(status));
-        if p.started.elapsed() < MIN_LIFETIME {
+        if !was_serving && p.started.elapsed() < MIN_LIFETIME {
             self.schedule_respawn(cx, i);
         } else {
             p.quick_deaths = 0;

@@ -83,7 +83,11 @@ pub fn run(cfg: &Config, id: u16, app: Box<dyn Events>, stats: Stats) -> io::Res
     let mut reactor = Reactor::new()?;
     reactor.watch_signals(&crate::master::CHILD_SIGNALS)?;
     let local = LocalGateways { lan_ip: cfg.lan_ip, run_dir: cfg.run_dir.clone() };
-    let worker_key = format!("{}:{id}", w.name);
+    // GatewayWorker's key is `name:id`; a reload replacement runs next to the worker it
+    // replaces, so it gets a key of its own (a gateway evicts the older of two equal keys).
+    let generation: u64 = std::env::var("GW_GENERATION").ok().and_then(|g| g.parse().ok()).unwrap_or(0);
+    let worker_key =
+        if generation == 0 { format!("{}:{id}", w.name) } else { format!("{}:{id}-r{generation}", w.name) };
     let mut worker = Worker {
         name: w.name.clone(),
         id,
@@ -212,7 +216,7 @@ impl Worker {
         if closed {
             let why = match res {
                 Err(e) => e.to_string(),
-                _ => "closed by the register (wrong secret key?)".into(),
+                _ => "closed by the register".into(),
             };
             warn!("business worker: register link {} lost ({why}); reconnecting in 1 s", link.target);
             link.close(cx.registry);
@@ -481,6 +485,8 @@ impl Service for Worker {
         for key in self.links.take_broken() {
             self.link_lost(cx, key, "write failed");
         }
+        let regs = self.registers.iter().filter(|l| l.is_connected()).count();
+        Slot::set(&self.stats.slot().connections, (self.links.connected() + regs) as u64);
         if self.stop == Stop::Draining && self.links.all_acked() {
             let took = self.drain_started.map(|t| t.elapsed()).unwrap_or_default();
             info!("business worker {}[{}]: drained in {took:?}", self.name, self.id);

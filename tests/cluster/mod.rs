@@ -21,24 +21,35 @@ pub const DEADLINE: Duration = Duration::from_secs(20);
 
 static SEQ: AtomicUsize = AtomicUsize::new(0);
 
-/// A port nobody listens on right now.
-pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
+/// Next candidate port. Test ports come from below the kernel's ephemeral range (32768 and
+/// up), so the source ports of our own outgoing connections never take them; each test
+/// process starts at its own offset and hands out every port once.
+static NEXT_PORT: AtomicUsize = AtomicUsize::new(0);
+const PORT_LO: usize = 20000;
+const PORT_HI: usize = 32000;
 
-/// `n` consecutive free ports.
+/// `n` consecutive ports nobody listens on right now.
 pub fn free_range(n: u16) -> u16 {
-    for _ in 0..200 {
-        let base = free_port();
-        if base as u32 + n as u32 >= 65000 {
-            continue;
-        }
+    let _ = NEXT_PORT.compare_exchange(
+        0,
+        (std::process::id() as usize * 7919) % (PORT_HI - PORT_LO),
+        Ordering::SeqCst,
+        Ordering::SeqCst,
+    );
+    for _ in 0..1000 {
+        let off = NEXT_PORT.fetch_add(n as usize, Ordering::SeqCst) % (PORT_HI - PORT_LO - n as usize);
+        let base = (PORT_LO + off) as u16;
         let held: Vec<_> = (0..n).filter_map(|i| TcpListener::bind(("127.0.0.1", base + i)).ok()).collect();
         if held.len() == n as usize {
             return base;
         }
     }
     panic!("no free port range of {n}");
+}
+
+/// A port nobody listens on right now.
+pub fn free_port() -> u16 {
+    free_range(1)
 }
 
 /// Poll `f` until it returns Some, or fail with `what` after the deadline.
@@ -84,6 +95,10 @@ pub struct Spec {
     pub secret: String,
     pub top: String,
     pub worker_extra: String,
+    /// The binary to run (default: the one cargo built for this test run).
+    pub bin: PathBuf,
+    /// Start with `start -d` instead of in the foreground.
+    pub daemon: bool,
 }
 
 impl Spec {
@@ -95,6 +110,8 @@ impl Spec {
             secret: String::new(),
             top: String::new(),
             worker_extra: String::new(),
+            bin: PathBuf::from(BIN),
+            daemon: false,
         }
     }
 }
@@ -104,8 +121,31 @@ pub struct Cluster {
     pub conf: PathBuf,
     pub spec: Spec,
     pub register_port: u16,
-    master: Option<Child>,
+    master: Option<Master>,
     seen_pids: Vec<u32>,
+}
+
+/// The master process: our child (foreground) or a daemon known by its pid file.
+pub enum Master {
+    Child(Child),
+    Daemon(u32),
+}
+
+impl Master {
+    pub fn pid(&self) -> u32 {
+        match self {
+            Master::Child(c) => c.id(),
+            Master::Daemon(p) => *p,
+        }
+    }
+
+    /// `Some(success)` once it has exited.
+    fn exited(&mut self) -> Option<bool> {
+        match self {
+            Master::Child(c) => c.try_wait().unwrap().map(|s| s.success()),
+            Master::Daemon(p) => (unsafe { libc::kill(*p as i32, 0) } != 0).then_some(true),
+        }
+    }
 }
 
 impl Cluster {
@@ -139,25 +179,51 @@ impl Cluster {
         c
     }
 
-    /// Start the master in the foreground (as `scripts/start.sh start` does).
+    /// Start the master: in the foreground (as `scripts/start.sh start`) or as a daemon.
     pub fn launch(&mut self) {
-        let log = std::fs::File::create(self.dir.join("out.log")).unwrap();
-        let child = Command::new(BIN)
-            .args(["start", "--conf"])
-            .arg(&self.conf)
-            .current_dir(&self.dir)
-            .env("GW_ENV_FILE", "none")
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .unwrap();
-        self.master = Some(child);
+        if self.spec.daemon {
+            let out = self.run_cli(&["start", "-d"]);
+            assert!(
+                out.status.success(),
+                "start -d failed: {}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+            self.master = Some(Master::Daemon(self.pid_file().expect("pid file after start -d")));
+        } else {
+            let log = std::fs::File::create(self.dir.join("out.log")).unwrap();
+            let child = Command::new(&self.spec.bin)
+                .args(["start", "--conf"])
+                .arg(&self.conf)
+                .current_dir(&self.dir)
+                .env("GW_ENV_FILE", "none")
+                .stdin(Stdio::null())
+                .stdout(log.try_clone().unwrap())
+                .stderr(log)
+                .spawn()
+                .unwrap();
+            self.master = Some(Master::Child(child));
+        }
         self.wait_ready();
     }
 
+    /// The pid in the pid file, if there is one.
+    pub fn pid_file(&self) -> Option<u32> {
+        std::fs::read_to_string(self.dir.join("run/gatewayworker.pid")).ok()?.trim().parse().ok()
+    }
+
     pub fn master_pid(&self) -> u32 {
-        self.master.as_ref().map(|c| c.id()).unwrap_or(0)
+        self.master.as_ref().map(|m| m.pid()).unwrap_or(0)
+    }
+
+    /// The test took over the master (e.g. it ran `stop` itself): forget it.
+    pub fn forget_master(&mut self) {
+        self.master = None;
+    }
+
+    /// The test started a new master itself (e.g. `restart -d`).
+    pub fn adopt_daemon(&mut self, pid: u32) {
+        self.master = Some(Master::Daemon(pid));
     }
 
     pub fn stats_path(&self) -> PathBuf {
@@ -174,8 +240,8 @@ impl Cluster {
         let gws: u16 = self.spec.gateways.iter().map(|g| g.count).sum();
         let want = 1 + gws as usize + self.spec.workers as usize;
         let snap = wait_for("all processes ready", || {
-            if let Some(Ok(Some(st))) = self.master.as_mut().map(|m| m.try_wait()) {
-                panic!("master exited with {st}; log:\n{}", self.log());
+            if let Some(Some(ok)) = self.master.as_mut().map(|m| m.exited()) {
+                panic!("master exited (success: {ok}); log:\n{}", self.log());
             }
             let s = self.snapshot()?;
             let procs: Vec<_> =
@@ -183,7 +249,11 @@ impl Cluster {
             (procs.len() == want && procs.iter().all(|r| r.state == gatewayworker::stats::State::Ready))
                 .then_some(s)
         });
-        for r in snap.rows {
+        self.remember(&snap);
+    }
+
+    fn remember(&mut self, snap: &table::Snapshot) {
+        for r in &snap.rows {
             if !self.seen_pids.contains(&r.pid) {
                 self.seen_pids.push(r.pid);
             }
@@ -193,12 +263,22 @@ impl Cluster {
     /// Pids of live processes with this role name (`gateway`, `worker`, `register`).
     pub fn pids(&self, role: &str) -> Vec<u32> {
         let s = self.snapshot().unwrap();
-        let pids: Vec<u32> = s.rows.iter().filter(|r| r.role.name() == role).map(|r| r.pid).collect();
-        pids
+        s.rows.iter().filter(|r| r.role.name() == role).map(|r| r.pid).collect()
     }
 
+    /// Every pid seen so far (for "nothing left behind" checks).
+    pub fn seen_pids(&mut self) -> Vec<u32> {
+        if let Some(s) = self.snapshot() {
+            self.remember(&s);
+        }
+        self.seen_pids.clone()
+    }
+
+    /// Foreground output plus the daemon's log file.
     pub fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.join("out.log")).unwrap_or_default()
+        let mut s = std::fs::read_to_string(self.dir.join("out.log")).unwrap_or_default();
+        s += &std::fs::read_to_string(self.dir.join("run/gatewayworker.log")).unwrap_or_default();
+        s
     }
 
     /// Wait until the log contains `needle`.
@@ -207,7 +287,7 @@ impl Cluster {
     }
 
     pub fn run_cli(&self, args: &[&str]) -> std::process::Output {
-        Command::new(BIN)
+        Command::new(&self.spec.bin)
             .args(args)
             .arg("--conf")
             .arg(&self.conf)
@@ -223,28 +303,28 @@ impl Cluster {
 
     /// Stop with SIGINT and check that every process we saw is gone and the run files too.
     pub fn stop(mut self) {
-        self.stop_inner();
+        let Some(mut m) = self.master.take() else { return };
+        let pids = self.seen_pids();
+        unsafe { libc::kill(m.pid() as i32, libc::SIGINT) };
+        let ok = wait_for("master exit", || m.exited());
+        assert!(ok, "master failed; log:\n{}", self.log());
+        self.assert_nothing_left(&pids);
     }
 
-    fn stop_inner(&mut self) {
-        let Some(mut m) = self.master.take() else { return };
-        if let Some(s) = self.snapshot() {
-            for r in s.rows {
-                if !self.seen_pids.contains(&r.pid) {
-                    self.seen_pids.push(r.pid);
-                }
-            }
-        }
-        unsafe { libc::kill(m.id() as i32, libc::SIGINT) };
-        let st = wait_for("master exit", || m.try_wait().unwrap());
-        assert!(st.success(), "master exit status {st}; log:\n{}", self.log());
-        for pid in &self.seen_pids {
+    /// No process of `pids` alive, no pid file, socket or statistics file in the run dir.
+    pub fn assert_nothing_left(&self, pids: &[u32]) {
+        for pid in pids {
             let alive = unsafe { libc::kill(*pid as i32, 0) } == 0;
             assert!(!alive, "process {pid} left behind");
         }
-        let run = self.dir.join("run");
-        let leftovers: Vec<_> =
-            std::fs::read_dir(&run).map(|d| d.flatten().map(|e| e.file_name()).collect()).unwrap_or_default();
+        let leftovers: Vec<_> = std::fs::read_dir(self.dir.join("run"))
+            .map(|d| {
+                d.flatten()
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .filter(|n| !n.ends_with(".log"))
+                    .collect()
+            })
+            .unwrap_or_default();
         assert!(leftovers.is_empty(), "run files left behind: {leftovers:?}");
     }
 }
@@ -252,13 +332,15 @@ impl Cluster {
 impl Drop for Cluster {
     fn drop(&mut self) {
         if let Some(mut m) = self.master.take() {
-            unsafe { libc::kill(m.id() as i32, libc::SIGINT) };
+            unsafe { libc::kill(m.pid() as i32, libc::SIGINT) };
             let until = Instant::now() + Duration::from_secs(10);
-            while m.try_wait().ok().flatten().is_none() && Instant::now() < until {
+            while m.exited().is_none() && Instant::now() < until {
                 std::thread::sleep(Duration::from_millis(10));
             }
-            let _ = m.kill();
-            let _ = m.wait();
+            unsafe { libc::kill(m.pid() as i32, libc::SIGKILL) };
+            if let Master::Child(mut c) = m {
+                let _ = c.wait();
+            }
         }
         if !std::thread::panicking() {
             let _ = std::fs::remove_dir_all(&self.dir);
