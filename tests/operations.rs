@@ -390,3 +390,82 @@ fn config_errors_name_the_key_and_nothing_starts() {
     drop(busy);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn graceful_stop_finishes_in_flight_work() {
+    let mut spec = Spec::new("echo", 1, vec![Gw::new("websocket", 1)]);
+    spec.daemon = true;
+    let mut c = Cluster::start(spec);
+    let mut ws = c.ws(0);
+    ws.send("warm");
+    assert_eq!(ws.recv_text(), "warm");
+    // Freeze the worker so events pile up in its link, then ask for a graceful stop.
+    let worker = c.pids("worker")[0];
+    unsafe { libc::kill(worker as i32, libc::SIGSTOP) };
+    let decoded = || {
+        c.snapshot()
+            .unwrap()
+            .rows
+            .iter()
+            .filter(|r| r.role.name() == "gateway")
+            .map(|r| r.total_request)
+            .sum::<u64>()
+    };
+    let before = decoded();
+    for i in 0..50 {
+        ws.send(&format!("m{i}"));
+    }
+    // The gateway has them all (and forwarded them to the frozen worker).
+    wait_for("gateway decoded the 50 messages", || (decoded() >= before + 50).then_some(()));
+    let pids = c.seen_pids();
+    let cli = {
+        let conf = c.conf.clone();
+        let dir = c.dir.clone();
+        std::thread::spawn(move || {
+            std::process::Command::new(cluster::BIN)
+                .args(["stop", "-g", "--conf"])
+                .arg(conf)
+                .current_dir(dir)
+                .env("GW_ENV_FILE", "none")
+                .output()
+                .unwrap()
+        })
+    };
+    c.wait_log("graceful stop");
+    unsafe { libc::kill(worker as i32, libc::SIGCONT) };
+    // Every event the worker had received is handled and its reply delivered.
+    for i in 0..50 {
+        match ws.ws.read() {
+            Ok(Message::Text(t)) => assert_eq!(t.as_str(), format!("m{i}")),
+            other => panic!("reply {i}: {other:?}; log:\n{}", c.log()),
+        }
+    }
+    ws.expect_closed();
+    let out = cli.join().unwrap();
+    assert!(text(&out).contains("stop success"), "{}", text(&out));
+    c.forget_master();
+    c.assert_nothing_left(&pids);
+}
+
+#[test]
+fn reload_reopens_the_log_file_for_logrotate() {
+    let mut spec = Spec::new("echo", 1, vec![Gw::new("websocket", 1)]);
+    spec.daemon = true;
+    let c = Cluster::start(spec);
+    let log = c.dir.join("run/gatewayworker.log");
+    let rotated = c.dir.join("run/gatewayworker.log.1");
+    std::fs::rename(&log, &rotated).unwrap();
+    let out = c.run_cli(&["reload"]);
+    assert!(text(&out).contains("reload done"), "{}", text(&out));
+    // The gateway logs a refused handshake: it must land in the new file.
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", c.spec.gateways[0].port)).unwrap();
+    std::io::Write::write_all(&mut s, b"POST / HTTP/1.1\r\n\r\n").unwrap();
+    wait_for("gateway line in the new log", || {
+        let new = std::fs::read_to_string(&log).unwrap_or_default();
+        new.lines().any(|l| l.contains("gateway[0]") && l.contains("bad handshake request")).then_some(())
+    });
+    let new = std::fs::read_to_string(&log).unwrap();
+    assert!(new.contains("master pid:") && new.contains("reload done"), "{new}");
+    assert!(std::fs::read_to_string(&rotated).unwrap().contains("start: master pid"));
+    c.stop();
+}

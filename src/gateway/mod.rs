@@ -880,6 +880,15 @@ impl Gateway {
             self.stop = Stop::Graceful;
             info!("gateway {}: graceful stop, waiting for {} clients", self.me.name, self.clients.len());
         } else {
+            // Last pass: execute what workers already wrote to us (their final replies may
+            // not have raised an edge yet) and hand it to the clients before exiting.
+            let keys: Vec<usize> = self.inners.iter().map(|(k, _)| k).collect();
+            for key in keys {
+                if let Some(inner) = self.inners.get_mut(key) {
+                    inner.ready.insert(Ready::READABLE);
+                }
+                self.read_inner(key);
+            }
             self.stop = Stop::Now;
         }
     }

@@ -55,7 +55,11 @@ impl Master {
         if self.phase != Phase::Running {
             return;
         }
+        // Everyone reopens the log file (logrotate); gateways and the register keep running.
         crate::cli::logger::reopen();
+        for pid in self.live_pids(|k| !matches!(k, Kind::Worker { .. })) {
+            spawn::signal(pid, libc::SIGUSR1);
+        }
         if self.reload.active() {
             info!("reload already in progress; ignored");
             return;

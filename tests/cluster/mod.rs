@@ -321,7 +321,7 @@ impl Cluster {
             .map(|d| {
                 d.flatten()
                     .map(|e| e.file_name().to_string_lossy().into_owned())
-                    .filter(|n| !n.ends_with(".log"))
+                    .filter(|n| !n.contains(".log"))
                     .collect()
             })
             .unwrap_or_default();
@@ -361,6 +361,7 @@ impl Ws {
     pub fn connect(port: u16, path: &str) -> Ws {
         let stream = TcpStream::connect(("127.0.0.1", port)).unwrap();
         stream.set_read_timeout(Some(DEADLINE)).unwrap();
+        stream.set_nodelay(true).unwrap();
         let (ws, _) = tungstenite::client(format!("ws://127.0.0.1:{port}{path}"), stream).unwrap();
         Ws { ws, backlog: VecDeque::new(), tag: 0 }
     }
