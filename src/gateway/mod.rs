@@ -655,21 +655,6 @@ impl Gateway {
     // ----- end of turn -------------------------------------------------------------------
 
     fn flush_all(&mut self, cx: &mut Ctx<'_, Timer>) {
-        let mut dirty = std::mem::take(&mut self.dirty_inners);
-        for key in dirty.drain(..) {
-            let Some(inner) = self.inners.get_mut(key) else { continue };
-            inner.dirty = false;
-            let before = inner.bytes_written;
-            let res = inner.flush();
-            Slot::add(&self.stats.slot().bytes_written, inner.bytes_written - before);
-            match res {
-                Ok(true) if inner.closing => self.kill_inner(key),
-                Ok(_) => {}
-                Err(_) => self.kill_inner(key),
-            }
-        }
-        self.dirty_inners = dirty;
-
         let mut dirty = std::mem::take(&mut self.dirty_clients);
         for key in dirty.drain(..) {
             let Some(c) = self.clients.by_key_mut(key) else { continue };
@@ -691,9 +676,26 @@ impl Gateway {
         }
         self.dirty_clients = dirty;
 
+        // Destroying a client queues its CMD_ON_CLOSE: the worker links are flushed after.
         for key in std::mem::take(&mut self.dead_clients) {
             self.destroy_client(cx, key);
         }
+
+        let mut dirty = std::mem::take(&mut self.dirty_inners);
+        for key in dirty.drain(..) {
+            let Some(inner) = self.inners.get_mut(key) else { continue };
+            inner.dirty = false;
+            let before = inner.bytes_written;
+            let res = inner.flush();
+            Slot::add(&self.stats.slot().bytes_written, inner.bytes_written - before);
+            match res {
+                Ok(true) if inner.closing => self.kill_inner(key),
+                Ok(_) => {}
+                Err(_) => self.kill_inner(key),
+            }
+        }
+        self.dirty_inners = dirty;
+
         for key in std::mem::take(&mut self.dead_inners) {
             self.destroy_inner(cx, key);
         }

@@ -99,6 +99,11 @@ pub struct Spec {
     pub bin: PathBuf,
     /// Start with `start -d` instead of in the foreground.
     pub daemon: bool,
+    /// `all` (register, gateways and workers) or `master` (register and gateways only: no
+    /// `[worker]` section is written and no worker is waited for).
+    pub machine_type: &'static str,
+    /// The gateways' `lan_ip` (put into client_ids; the inner ports listen on it).
+    pub lan_ip: &'static str,
 }
 
 impl Spec {
@@ -112,6 +117,8 @@ impl Spec {
             worker_extra: String::new(),
             bin: PathBuf::from(BIN),
             daemon: false,
+            machine_type: "all",
+            lan_ip: "127.0.0.1",
         }
     }
 }
@@ -156,7 +163,9 @@ impl Cluster {
         std::fs::create_dir_all(&dir).unwrap();
         let register_port = free_port();
         let mut conf = format!(
-            "machine_type = \"all\"\nlan_ip = \"127.0.0.1\"\nregister_address = \"127.0.0.1:{register_port}\"\nrun_dir = \"{}\"\nsecret_key = \"{}\"\n{}\n[register]\nlisten = \"text://127.0.0.1:{register_port}\"\n",
+            "machine_type = \"{}\"\nlan_ip = \"{}\"\nregister_address = \"127.0.0.1:{register_port}\"\nrun_dir = \"{}\"\nsecret_key = \"{}\"\n{}\n[register]\nlisten = \"text://127.0.0.1:{register_port}\"\n",
+            spec.machine_type,
+            spec.lan_ip,
             dir.join("run").display(),
             spec.secret,
             spec.top
@@ -167,10 +176,12 @@ impl Cluster {
                 g.proto, g.port, g.count, g.start_port, g.extra
             );
         }
-        conf += &format!(
-            "[worker]\nname = \"TestWorker\"\ncount = {}\napp = \"{}\"\n{}\n",
-            spec.workers, spec.app, spec.worker_extra
-        );
+        if spec.machine_type != "master" {
+            conf += &format!(
+                "[worker]\nname = \"TestWorker\"\ncount = {}\napp = \"{}\"\n{}\n",
+                spec.workers, spec.app, spec.worker_extra
+            );
+        }
         let conf_path = dir.join("test.toml");
         std::fs::write(&conf_path, conf).unwrap();
         let mut c =
@@ -235,10 +246,11 @@ impl Cluster {
     }
 
     /// Wait until the register, every gateway and every worker is up and each worker is
-    /// linked to every gateway.
+    /// linked to every gateway (a `master` machine runs no workers).
     pub fn wait_ready(&mut self) {
         let gws: u16 = self.spec.gateways.iter().map(|g| g.count).sum();
-        let want = 1 + gws as usize + self.spec.workers as usize;
+        let workers = if self.spec.machine_type == "master" { 0 } else { self.spec.workers as usize };
+        let want = 1 + gws as usize + workers;
         let snap = wait_for("all processes ready", || {
             if let Some(Some(ok)) = self.master.as_mut().map(|m| m.exited()) {
                 panic!("master exited (success: {ok}); log:\n{}", self.log());
