@@ -272,6 +272,14 @@ impl Client {
         self.send(bytes, true, false, limit)
     }
 
+    /// A websocket client closed before its handshake finished gets nothing of what was
+    /// queued for after the 101 (workerman drops that buffer on close).
+    pub fn drop_early_output(&mut self) {
+        if matches!(self.codec, Codec::Handshake(_)) {
+            self.out.clear();
+        }
+    }
+
     /// Start closing: whatever is queued is written, then the connection is closed.
     pub fn close_after_flush(&mut self) {
         self.closing = true;

@@ -158,6 +158,9 @@ impl Gateway {
         if let Message::Bytes(_) = msg {
             self.send_one(key, &msg, p.header.flag);
         }
+        if let Some(c) = self.clients.by_key_mut(key) {
+            c.drop_early_output();
+        }
         self.close_client(key);
     }
 

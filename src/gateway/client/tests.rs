@@ -174,3 +174,15 @@ fn blocked_writes_keep_order_and_respect_the_limit() {
     assert_eq!(got.len(), sent * 1001);
     assert!(got.chunks(1001).all(|l| l[..1000] == line[..] && l[1000] == b'\n'));
 }
+
+#[test]
+fn kicked_before_the_handshake_gets_no_frames() {
+    let (mut c, mut peer) = pair(Proto::WebSocket);
+    c.send(b"early", false, false, 1 << 20).unwrap();
+    c.send(b"bye", false, false, 1 << 20).unwrap();
+    c.drop_early_output();
+    c.close_after_flush();
+    assert!(c.flush().unwrap());
+    drop(c);
+    assert!(peer_read(&mut peer).is_empty(), "no frame without a 101 before it");
+}
