@@ -120,9 +120,14 @@ fn running_master(cfg: &Config) -> Option<u32> {
     pidfile::read(&cfg.pid_file).filter(|&pid| pidfile::is_our_master(pid))
 }
 
-fn title(conf: &Path) -> String {
+/// The conf path relative to the working directory when it is below it.
+fn rel(conf: &Path) -> String {
     let rel = std::env::current_dir().ok().and_then(|d| conf.strip_prefix(d).ok().map(Path::to_path_buf));
-    format!("gatewayworker[{}]", rel.as_deref().unwrap_or(conf).display())
+    rel.as_deref().unwrap_or(conf).display().to_string()
+}
+
+fn title(conf: &Path) -> String {
+    format!("gatewayworker[{}]", rel(conf))
 }
 
 fn start(conf: &Path, args: &Args, apps: AppFactory) -> i32 {
@@ -328,7 +333,7 @@ fn status(conf: &Path, args: &Args) -> i32 {
             let b = second.rows.iter().find(|r| r.pid == pid)?;
             Some(b.total_request.saturating_sub(a.total_request))
         };
-        let out = table::render(&second, &title, &qps);
+        let out = table::render(&second, &rel(conf), &qps);
         if args.daemon {
             print!("\x1b[H\x1b[2J\x1b(B\x1b[m{out}\nPress Ctrl+C to quit.\n");
         } else {

@@ -51,6 +51,8 @@ struct Conn {
     auth_timer: Option<TimerId>,
     /// Close once `out` is written.
     closing: bool,
+    bytes_read: u64,
+    bytes_written: u64,
 }
 
 /// The register service.
@@ -125,6 +127,8 @@ impl Register {
                         out: OutBuf::default(),
                         auth_timer,
                         closing: false,
+                        bytes_read: 0,
+                        bytes_written: 0,
                     });
                 }
                 Err(e) if would_block(&e) => return,
@@ -148,7 +152,10 @@ impl Register {
                     eof = true;
                     break;
                 }
-                Ok(n) => Slot::add(&self.stats.slot().bytes_read, n as u64),
+                Ok(n) => {
+                    c.bytes_read += n as u64;
+                    Slot::add(&self.stats.slot().bytes_read, n as u64);
+                }
                 Err(e) if would_block(&e) => break,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(_) => {
@@ -298,6 +305,7 @@ impl Register {
             let Some(c) = self.conns.get_mut(key) else { continue };
             let before = c.out.len();
             let res = c.out.write_to(&mut c.io);
+            c.bytes_written += (before - c.out.len()) as u64;
             Slot::add(&self.stats.slot().bytes_written, (before - c.out.len()) as u64);
             match res {
                 Ok(()) if c.closing => {
@@ -366,10 +374,11 @@ impl Service for Register {
                             transport: "tcp",
                             recv_q: c.inbuf.len(),
                             send_q: c.out.len(),
+                            bytes_read: c.bytes_read,
+                            bytes_written: c.bytes_written,
                             state: if c.closing { "CLOSING" } else { "ESTABLISHED" },
                             local,
                             remote,
-                            ..ConnInfo::default()
                         }
                     })
                     .collect();
