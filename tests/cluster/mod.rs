@@ -545,3 +545,79 @@ impl Frame {
 pub fn repo_file(p: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join(p)
 }
+
+/// TLS for test clients: accept the test certificate (any certificate, in fact).
+pub mod tls {
+    use std::sync::Arc;
+
+    use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+    use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+    use rustls::{ClientConfig, ClientConnection, DigitallySignedStruct, SignatureScheme, StreamOwned};
+
+    #[derive(Debug)]
+    struct AcceptAny;
+
+    impl ServerCertVerifier for AcceptAny {
+        fn verify_server_cert(
+            &self,
+            _: &CertificateDer<'_>,
+            _: &[CertificateDer<'_>],
+            _: &ServerName<'_>,
+            _: &[u8],
+            _: UnixTime,
+        ) -> Result<ServerCertVerified, rustls::Error> {
+            Ok(ServerCertVerified::assertion())
+        }
+        fn verify_tls12_signature(
+            &self,
+            _: &[u8],
+            _: &CertificateDer<'_>,
+            _: &DigitallySignedStruct,
+        ) -> Result<HandshakeSignatureValid, rustls::Error> {
+            Ok(HandshakeSignatureValid::assertion())
+        }
+        fn verify_tls13_signature(
+            &self,
+            _: &[u8],
+            _: &CertificateDer<'_>,
+            _: &DigitallySignedStruct,
+        ) -> Result<HandshakeSignatureValid, rustls::Error> {
+            Ok(HandshakeSignatureValid::assertion())
+        }
+        fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+            rustls::crypto::ring::default_provider().signature_verification_algorithms.supported_schemes()
+        }
+    }
+
+    pub type TlsStream = StreamOwned<ClientConnection, std::net::TcpStream>;
+
+    /// A blocking TLS stream to 127.0.0.1:`port`.
+    pub fn connect(port: u16) -> TlsStream {
+        let cfg = ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(AcceptAny))
+            .with_no_client_auth();
+        let conn = ClientConnection::new(Arc::new(cfg), ServerName::try_from("localhost").unwrap()).unwrap();
+        let tcp = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+        tcp.set_read_timeout(Some(super::DEADLINE)).unwrap();
+        tcp.set_nodelay(true).unwrap();
+        StreamOwned::new(conn, tcp)
+    }
+
+    /// A websocket over TLS.
+    pub fn ws(port: u16) -> tungstenite::WebSocket<TlsStream> {
+        let (ws, _) = tungstenite::client(format!("wss://localhost:{port}/"), connect(port)).unwrap();
+        ws
+    }
+
+    /// `[tls]` lines for the test certificate.
+    pub fn conf() -> String {
+        format!(
+            "[tls]\ncert = \"{}\"\nkey = \"{}\"\n",
+            super::repo_file("tests/fixtures/test-only-cert.pem").display(),
+            super::repo_file("tests/fixtures/test-only-key.pem").display()
+        )
+    }
+}
