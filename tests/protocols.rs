@@ -72,3 +72,16 @@ impl WriteStr for std::net::TcpStream {
         std::io::Write::write_all(self, s.as_bytes()).unwrap();
     }
 }
+
+#[test]
+fn messages_bigger_than_the_read_caps_pass_through() {
+    let limits = "[gateway.limits]\nmax_package_size = 20000000\nsend_to_worker_buffer_size = 40000000\nsend_to_client_buffer_size = 40000000";
+    let c = Cluster::start(Spec::new("echo", 1, vec![Gw::new("websocket", 1).with(limits)]));
+    let mut ws = c.ws(0);
+    let big: String = (0..6_000_000).map(|i| (b'a' + (i % 26) as u8) as char).collect();
+    ws.send(&big);
+    assert_eq!(ws.recv_text(), big);
+    ws.send("small after big");
+    assert_eq!(ws.recv_text(), "small after big");
+    c.stop();
+}

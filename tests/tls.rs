@@ -86,7 +86,11 @@ fn certificate_errors_stop_the_start_with_a_clear_message() {
     let cases = [
         (dir.join("missing.pem").display().to_string(), fix("test-only-key.pem"), "cannot read certificate"),
         (garbage.display().to_string(), fix("test-only-key.pem"), "no certificate found"),
-        (fix("test-only-cert.pem"), dir.join("missing.key").display().to_string(), "cannot read a private key"),
+        (
+            fix("test-only-cert.pem"),
+            dir.join("missing.key").display().to_string(),
+            "cannot read a private key",
+        ),
         (fix("test-only-cert.pem"), fix("test-only-other-key.pem"), "do not go together"),
     ];
     for (i, (cert, key, want)) in cases.iter().enumerate() {

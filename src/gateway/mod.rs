@@ -566,7 +566,12 @@ impl Gateway {
             if inner.dead || inner.closing {
                 return;
             }
-            let end = inner.read(INNER_READ_CAP);
+            // Read at least a whole packet, even one bigger than the cap.
+            let need = packet::peek_len(inner.inbuf.data(), self.limits.max_package_size)
+                .ok()
+                .flatten()
+                .unwrap_or(0);
+            let end = inner.read(INNER_READ_CAP.max(need));
             self.exec_buffered(key);
             match end {
                 Ok(inner::ReadEnd::Full) => continue,

@@ -43,11 +43,7 @@ impl InBuf {
     pub fn read_from<R: Read>(&mut self, r: &mut R, chunk: usize) -> io::Result<usize> {
         self.compact();
         let len = self.buf.len();
-        if self.buf.capacity() - len < chunk {
-            self.buf.reserve(chunk);
-        }
-        let cap = self.buf.capacity();
-        self.buf.resize(cap, 0);
+        self.buf.resize(len + chunk, 0);
         let res = r.read(&mut self.buf[len..]);
         let n = *res.as_ref().unwrap_or(&0);
         self.buf.truncate(len + n);

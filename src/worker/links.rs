@@ -102,6 +102,16 @@ impl GatewayLinks {
         }
     }
 
+    /// Length of the packet at the head of link `key`'s input, when known (0 otherwise).
+    pub fn pending_packet(&self, key: usize) -> usize {
+        self.slab
+            .get(key)
+            .and_then(|l| {
+                crate::wire::packet::peek_len(l.link.inbuf.data(), super::MAX_PACKET).ok().flatten()
+            })
+            .unwrap_or(0)
+    }
+
     pub fn take_inbuf(&mut self, key: usize) -> Option<InBuf> {
         self.slab.get_mut(key).map(|l| std::mem::take(&mut l.link.inbuf))
     }

@@ -278,7 +278,9 @@ impl Worker {
             }
         }
         loop {
-            let end = self.links.read(key, LINK_READ_CAP);
+            // Read at least a whole packet, even one bigger than the cap.
+            let cap = LINK_READ_CAP.max(self.links.pending_packet(key));
+            let end = self.links.read(key, cap);
             self.dispatch_buffered(cx, key);
             match end {
                 Ok(ReadEnd::Full) => continue,
