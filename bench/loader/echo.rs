@@ -1,10 +1,11 @@
 //! `echo`: N connections, each sending on a fixed schedule (open loop) or one message in
 //! flight (closed loop); every reply is matched to its message by sequence number.
 //!
-//! Open loop: the k-th send of the whole run is due at `t0 + k / (rate * N)` and goes to
-//! connection `k mod N`, so each connection sends at `rate` with evenly spread phases. The
-//! payload carries the *scheduled* time, so a late send (loader behind, socket full) shows
-//! up as latency instead of being hidden (coordinated omission).
+//! Open loop: the k-th send of the whole run is due at `t0 + k / (rate * N)` (rounded up to
+//! the `--tick-us` grid) and goes to connection `k mod N`, so each connection sends at `rate`
+//! with evenly spread phases. The payload carries the *scheduled* time, so a late send
+//! (loader behind, socket full) shows up as latency instead of being hidden (coordinated
+//! omission).
 
 use std::time::{Duration, Instant};
 
