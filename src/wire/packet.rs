@@ -251,10 +251,7 @@ mod tests {
 
     #[test]
     fn rejects_bad_lengths() {
-        assert_eq!(
-            peek_len(&[0, 0, 0, 27], 100),
-            Err(DecodeError::BadLength { pack_len: 27, max: 100 })
-        );
+        assert_eq!(peek_len(&[0, 0, 0, 27], 100), Err(DecodeError::BadLength { pack_len: 27, max: 100 }));
         assert!(peek_len(&[0, 0, 1, 0], 100).is_err());
         let mut b = Vec::new();
         encode(&mut b, &Header::default(), b"", b"abc");
