@@ -1,7 +1,12 @@
 #!/usr/bin/env bash
-# The test suite: unit tests, compatibility tests against the GatewayWorker captures, and
-# integration tests that start the real binary. Extra suites run when their tools are
-# installed (see .ci/run).
+# The test suite: unit tests, compatibility tests against the GatewayWorker captures,
+# integration tests that start the real binary, then the suites that need extra tools when
+# they are installed (.ci/run installs them): Autobahn|Testsuite conformance over ws and wss.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 cargo test --quiet -- --test-threads="${GW_TEST_THREADS:-4}"
+if [ -x "${AUTOBAHN_HOME:-$HOME/.cache/autobahn-wstest}/bin/wstest" ]; then
+  scripts/autobahn.sh
+else
+  echo "autobahn: not installed, conformance run skipped (install: scripts/autobahn/install.sh)"
+fi
