@@ -118,3 +118,88 @@ pub fn format_time(t: std::time::SystemTime) -> String {
         tm.tm_sec
     )
 }
+
+/// At most one log line per kind of event and period, so hostile input cannot flood the
+/// log; the lines held back are counted and reported with the next one.
+pub struct Throttle {
+    period: std::time::Duration,
+    seen: std::collections::HashMap<&'static str, (std::time::Instant, u64)>,
+}
+
+impl Throttle {
+    pub fn new(period: std::time::Duration) -> Throttle {
+        Throttle { period, seen: std::collections::HashMap::new() }
+    }
+
+    /// `Some(note)` when a line of kind `key` may be logged now; `note` says how many
+    /// were held back since the last one ("" when none).
+    pub fn check(&mut self, key: &'static str) -> Option<String> {
+        let now = std::time::Instant::now();
+        let e = self.seen.entry(key).or_insert((now - self.period - self.period, 0));
+        if now.duration_since(e.0) < self.period {
+            e.1 += 1;
+            return None;
+        }
+        let held = std::mem::take(&mut e.1);
+        e.0 = now;
+        Some(if held > 0 {
+            format!(" ({held} more like it in the last {:?})", self.period)
+        } else {
+            String::new()
+        })
+    }
+}
+
+/// Remembers which peers were already logged for a kind of refusal (bounded memory), so a
+/// misconfigured peer retrying every second is logged once.
+pub struct OncePerPeer {
+    seen: std::collections::HashSet<String>,
+}
+
+impl OncePerPeer {
+    const CAP: usize = 4096;
+
+    pub fn new() -> OncePerPeer {
+        OncePerPeer { seen: std::collections::HashSet::new() }
+    }
+
+    /// True the first time `peer` (its address without the port) is refused for `why`.
+    pub fn first(&mut self, why: &str, peer: &str) -> bool {
+        let host = peer.rsplit_once(':').map_or(peer, |(h, _)| h);
+        if self.seen.len() >= Self::CAP {
+            self.seen.clear();
+        }
+        self.seen.insert(format!("{why} {host}"))
+    }
+}
+
+impl Default for OncePerPeer {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn throttle_lets_one_line_per_period_through() {
+        let mut t = Throttle::new(std::time::Duration::from_secs(3600));
+        assert_eq!(t.check("a"), Some(String::new()));
+        assert_eq!(t.check("a"), None);
+        assert_eq!(t.check("a"), None);
+        assert_eq!(t.check("b"), Some(String::new()), "kinds are independent");
+        let mut t = Throttle::new(std::time::Duration::ZERO);
+        assert!(t.check("a").is_some() && t.check("a").is_some());
+    }
+
+    #[test]
+    fn once_per_peer_ignores_the_port() {
+        let mut o = OncePerPeer::new();
+        assert!(o.first("secret", "10.0.0.1:5000"));
+        assert!(!o.first("secret", "10.0.0.1:5001"));
+        assert!(o.first("secret", "10.0.0.2:5000"));
+        assert!(o.first("auth", "10.0.0.1:5000"), "kinds are independent");
+    }
+}

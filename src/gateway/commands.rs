@@ -31,7 +31,12 @@ impl Gateway {
         let Some(inner) = self.inners.get(from) else { return };
         let c = p.header.cmd;
         if !inner.authorized && c != cmd::WORKER_CONNECT && c != cmd::GATEWAY_CLIENT_CONNECT {
-            warn!("gateway: Unauthorized request from {} (cmd {c}), closing", inner.peer);
+            if self.refused.first("unauthorized", &inner.peer) {
+                warn!(
+                    "gateway: Unauthorized request from {} (cmd {c}), closing (logged once per peer)",
+                    inner.peer
+                );
+            }
             Slot::bump(&self.stats.slot().bad_input);
             self.kill_inner(from);
             return;
@@ -75,7 +80,9 @@ impl Gateway {
                 }
             }
             other => {
-                warn!("gateway inner pack err cmd={other} from {}", inner.peer);
+                if let Some(more) = self.log_gate.check("unknown_cmd") {
+                    warn!("gateway inner pack err cmd={other} from {}{more}", inner.peer);
+                }
                 Slot::bump(&self.stats.slot().bad_input);
             }
         }
@@ -207,10 +214,12 @@ impl Gateway {
             return;
         }
         if uid.len() > self.limits.max_uid_len {
-            warn!(
-                "gateway: uid of {} bytes for client {id} exceeds gateway.limits.max_uid_len; ignored",
-                uid.len()
-            );
+            if let Some(more) = self.log_gate.check("uid_len") {
+                warn!(
+                    "gateway: uid of {} bytes for client {id} exceeds gateway.limits.max_uid_len; ignored{more}",
+                    uid.len()
+                );
+            }
             Slot::bump(&self.stats.slot().limit_index);
             return;
         }
@@ -254,10 +263,12 @@ impl Gateway {
             return;
         }
         if groups.len() >= max || group.len() > self.limits.max_uid_len {
-            warn!(
-                "gateway: client {id} may not join more groups (gateway.limits.max_groups_per_client / max_uid_len); ignored"
-            );
             Slot::bump(&self.stats.slot().limit_index);
+            if let Some(more) = self.log_gate.check("groups") {
+                warn!(
+                    "gateway: client {id} may not join more groups (gateway.limits.max_groups_per_client / max_uid_len); ignored{more}"
+                );
+            }
             return;
         }
         groups.push(group.into());
@@ -371,7 +382,9 @@ impl Gateway {
 
     fn refuse(&mut self, from: usize, why: &str) {
         if let Some(inner) = self.inners.get(from) {
-            warn!("gateway: {why} (from {}), closing", inner.peer);
+            if self.refused.first(why, &inner.peer) {
+                warn!("gateway: {why} (from {}), closing (logged once per peer)", inner.peer);
+            }
         }
         Slot::bump(&self.stats.slot().bad_input);
         self.kill_inner(from);

@@ -23,6 +23,7 @@ use mio::{Interest, Token};
 use slab::Slab;
 use tungstenite::protocol::WebSocketConfig;
 
+use crate::cli::logger::{OncePerPeer, Throttle};
 use crate::config::{Config, GatewayConf, GatewayLimits, Proto, SendFullPolicy};
 use crate::net::io::Io;
 use crate::net::tls::TlsIo;
@@ -51,6 +52,8 @@ const CLIENT_BASE: usize = 1 << 32;
 const READ_BUDGET: usize = 64;
 /// Bytes buffered from one inner link before its packets are executed.
 const INNER_READ_CAP: usize = 4 << 20;
+/// Hostile-input log lines: at most one per kind and period.
+const LOG_PERIOD: Duration = Duration::from_secs(10);
 /// Register keep-alive period (GatewayWorker: 25 s, only off loopback).
 const KEEPALIVE: Duration = Duration::from_secs(25);
 
@@ -132,6 +135,10 @@ pub struct Gateway {
     stop: Stop,
     last_no_worker_log: Option<Instant>,
     run_dir: std::path::PathBuf,
+    /// One log line per kind of hostile event and period.
+    log_gate: Throttle,
+    /// Peers already logged for a refused secret key.
+    refused: OncePerPeer,
 }
 
 /// Entry point of a gateway process.
@@ -220,6 +227,8 @@ impl Gateway {
             stop: Stop::No,
             last_no_worker_log: None,
             run_dir: cfg.run_dir.clone(),
+            log_gate: Throttle::new(LOG_PERIOD),
+            refused: OncePerPeer::new(),
         }
     }
 
@@ -296,7 +305,9 @@ impl Gateway {
                 Err(e) => {
                     // EMFILE/ENFILE/ENOMEM: the connection stays queued. Retry a little later
                     // instead of spinning on a listener that stays readable.
-                    warn!("gateway: accept failed: {e}; retrying in 100 ms");
+                    if let Some(more) = self.log_gate.check("accept") {
+                        warn!("gateway: accept failed: {e}; accepting again in 100 ms{more}");
+                    }
                     Slot::bump(&self.stats.slot().limit_conn);
                     self.accept_backoff = true;
                     cx.after(Duration::from_millis(100), Timer::ResumeAccept);
@@ -414,16 +425,25 @@ impl Gateway {
             Closed::Peer => {}
             Closed::Bad(reason) => {
                 Slot::bump(&slot.bad_input);
-                warn!("gateway: client {} ({}:{}) closed: {reason}", c.id, Ipv4Addr::from(c.ip), c.port);
+                if let Some(more) = self.log_gate.check("client_bad") {
+                    warn!(
+                        "gateway: client {} ({}:{}) closed: {reason}{more}",
+                        c.id,
+                        Ipv4Addr::from(c.ip),
+                        c.port
+                    );
+                }
             }
             Closed::TooBig(reason) => {
                 Slot::bump(&slot.limit_size);
-                warn!(
-                    "gateway: client {} ({}:{}) closed: {reason} (gateway.limits.max_package_size)",
-                    c.id,
-                    Ipv4Addr::from(c.ip),
-                    c.port
-                );
+                if let Some(more) = self.log_gate.check("client_too_big") {
+                    warn!(
+                        "gateway: client {} ({}:{}) closed: {reason} (gateway.limits.max_package_size){more}",
+                        c.id,
+                        Ipv4Addr::from(c.ip),
+                        c.port
+                    );
+                }
             }
         }
     }
@@ -477,10 +497,12 @@ impl Gateway {
                 let Some(inner) = self.inners.get_mut(r.key) else { return };
                 if inner.out.len() >= self.limits.send_to_worker_buffer_size {
                     Slot::bump(&self.stats.slot().send_fail);
-                    warn!(
-                        "gateway: SendBufferToWorker fail. The send buffer to worker {} is full (gateway.limits.send_to_worker_buffer_size); event dropped",
-                        inner.peer
-                    );
+                    if let Some(more) = self.log_gate.check("worker_buffer") {
+                        warn!(
+                            "gateway: SendBufferToWorker fail. The send buffer to worker {} is full (gateway.limits.send_to_worker_buffer_size); event dropped{more}",
+                            inner.peer
+                        );
+                    }
                     return;
                 }
                 packet::encode(inner.out.vec(), &header, &c.session, body);
@@ -603,7 +625,9 @@ impl Gateway {
                 Ok(None) => break,
                 Err(e) => {
                     let peer = self.inners.get(key).map(|i| i.peer.clone()).unwrap_or_default();
-                    warn!("gateway: bad packet from inner connection {peer}: {e}; closing it");
+                    if let Some(more) = self.log_gate.check("inner_bad") {
+                        warn!("gateway: bad packet from inner connection {peer}: {e}; closing it{more}");
+                    }
                     Slot::bump(&self.stats.slot().bad_input);
                     self.kill_inner(key);
                     return;
@@ -709,15 +733,19 @@ impl Gateway {
     /// Count a dropped send; close the client if the policy says so.
     fn send_failed(&mut self, key: usize) {
         Slot::bump(&self.stats.slot().send_fail);
+        let id = self.clients.by_key(key).map_or(0, |c| c.id);
         if self.limits.send_full_policy == SendFullPolicy::Close {
             Slot::bump(&self.stats.slot().limit_slow);
-            if let Some(c) = self.clients.by_key(key) {
+            if let Some(more) = self.log_gate.check("slow_client") {
                 warn!(
-                    "gateway: client {} does not read its messages (gateway.limits.send_to_client_buffer_size); closing it",
-                    c.id
+                    "gateway: client {id} does not read its messages (gateway.limits.send_to_client_buffer_size); closing it{more}"
                 );
             }
             self.mark_dead(key);
+        } else if let Some(more) = self.log_gate.check("send_fail") {
+            warn!(
+                "gateway: send buffer of client {id} is full (gateway.limits.send_to_client_buffer_size); message dropped, counted in send_fail{more}"
+            );
         }
     }
 
@@ -750,10 +778,12 @@ impl Gateway {
         }
         for key in expired {
             if let Some(c) = self.clients.by_key(key) {
-                info!(
-                    "gateway: client {} sent nothing for too long (ping_not_response_limit), closing",
-                    c.id
-                );
+                if let Some(more) = self.log_gate.check("heartbeat") {
+                    info!(
+                        "gateway: client {} sent nothing for too long (ping_not_response_limit), closing{more}",
+                        c.id
+                    );
+                }
             }
             self.mark_dead(key);
         }
@@ -781,9 +811,11 @@ impl Gateway {
                 && self.clients.by_key(key).is_some_and(|c| c.handshaking())
             {
                 Slot::bump(&self.stats.slot().limit_handshake);
-                warn!(
-                    "gateway: client {id} did not finish its handshake in time (gateway.limits.handshake_timeout), closing"
-                );
+                if let Some(more) = self.log_gate.check("handshake_timeout") {
+                    warn!(
+                        "gateway: client {id} did not finish its handshake in time (gateway.limits.handshake_timeout), closing{more}"
+                    );
+                }
                 self.mark_dead(key);
             }
         }
@@ -798,6 +830,12 @@ impl Gateway {
                 .collect();
             for key in stale {
                 Slot::bump(&self.stats.slot().limit_idle);
+                if let Some(more) = self.log_gate.check("idle") {
+                    let id = self.clients.by_key(key).map_or(0, |c| c.id);
+                    info!(
+                        "gateway: client {id} idle for {idle} s (gateway.limits.idle_timeout), closing{more}"
+                    );
+                }
                 self.mark_dead(key);
             }
         }

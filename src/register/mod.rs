@@ -11,6 +11,7 @@ use mio::net::TcpListener;
 use mio::{Interest, Token};
 use slab::Slab;
 
+use crate::cli::logger::{OncePerPeer, Throttle};
 use crate::config::Config;
 use crate::net::io::Io;
 use crate::reactor::{Ctx, InBuf, OutBuf, Reactor, Ready, Service, TimerId, would_block};
@@ -68,6 +69,8 @@ pub struct Register {
     stats: Stats,
     stop: bool,
     run_dir: std::path::PathBuf,
+    log_gate: Throttle,
+    refused: OncePerPeer,
 }
 
 /// Entry point of the register process.
@@ -99,6 +102,8 @@ impl Register {
             stats,
             stop: false,
             run_dir: cfg.run_dir.clone(),
+            log_gate: Throttle::new(Duration::from_secs(10)),
+            refused: OncePerPeer::new(),
         }
     }
 
@@ -172,7 +177,9 @@ impl Register {
         }
         let Some(c) = self.conns.get_mut(key) else { return };
         if c.inbuf.len() > MAX_LINE {
-            warn!("register: line over {MAX_LINE} bytes from {}, closing", c.peer);
+            if let Some(more) = self.log_gate.check("long_line") {
+                warn!("register: line over {MAX_LINE} bytes from {}, closing{more}", c.peer);
+            }
             Slot::bump(&self.stats.slot().bad_input);
             self.close(cx, key);
         } else if eof {
@@ -205,7 +212,9 @@ impl Register {
         let peer = c.peer;
         match lines::parse_request(line) {
             Err(bad) => {
-                warn!("register: {} from {peer}, closing", bad.0);
+                if let Some(more) = self.log_gate.check("bad_line") {
+                    warn!("register: {} from {peer}, closing{more}", bad.0);
+                }
                 Slot::bump(&self.stats.slot().bad_input);
                 c.out.extend(bad.0.as_bytes());
                 c.out.extend(b"\n");
@@ -218,7 +227,7 @@ impl Register {
                     self.close(cx, key);
                     return;
                 };
-                if !Self::secret_ok(&self.secret, &self.stats, &secret, peer) {
+                if !Self::secret_ok(&self.secret, &self.stats, &mut self.refused, &secret, peer) {
                     self.close(cx, key);
                     return;
                 }
@@ -230,7 +239,7 @@ impl Register {
                 self.broadcast();
             }
             Ok(Request::WorkerConnect { secret }) => {
-                if !Self::secret_ok(&self.secret, &self.stats, &secret, peer) {
+                if !Self::secret_ok(&self.secret, &self.stats, &mut self.refused, &secret, peer) {
                     self.close(cx, key);
                     return;
                 }
@@ -243,18 +252,28 @@ impl Register {
             }
             Ok(Request::Ping) => {}
             Ok(Request::Unknown(event)) => {
-                warn!("register: unknown event {event:?} from {peer}, closing");
+                if let Some(more) = self.log_gate.check("unknown_event") {
+                    warn!("register: unknown event {event:?} from {peer}, closing{more}");
+                }
                 Slot::bump(&self.stats.slot().bad_input);
                 self.close(cx, key);
             }
         }
     }
 
-    fn secret_ok(secret: &str, stats: &Stats, given: &str, peer: SocketAddr) -> bool {
+    fn secret_ok(
+        secret: &str,
+        stats: &Stats,
+        refused: &mut OncePerPeer,
+        given: &str,
+        peer: SocketAddr,
+    ) -> bool {
         if crate::wire::secret_eq(given.as_bytes(), secret.as_bytes()) {
             return true;
         }
-        warn!("register: secret key does not match for {peer}, closing");
+        if refused.first("secret", &peer.to_string()) {
+            warn!("register: secret key does not match for {peer}, closing (logged once per peer)");
+        }
         Slot::bump(&stats.slot().bad_input);
         false
     }
@@ -345,7 +364,9 @@ impl Service for Register {
             Timer::Auth { key, serial } => {
                 if let Some(c) = self.conns.get_mut(key).filter(|c| c.serial == serial) {
                     c.auth_timer = None;
-                    warn!("register: auth timeout for {}, closing", c.peer);
+                    if let Some(more) = self.log_gate.check("auth_timeout") {
+                        warn!("register: auth timeout for {}, closing{more}", c.peer);
+                    }
                     self.close(cx, key);
                 }
             }
