@@ -51,8 +51,9 @@ pub enum Inbound {
 pub enum Closed {
     /// Peer closed (EOF, reset, websocket close handshake).
     Peer,
-    /// Peer sent something invalid; the reply (error page, close frame) is queued.
-    Bad(String),
+    /// Peer sent something invalid (a kind for log throttling, and the reason); the reply
+    /// (error page, close frame) is queued.
+    Bad(&'static str, String),
     /// Message over the size limit.
     TooBig(String),
 }
@@ -215,7 +216,7 @@ impl Client {
                 Handshake::Rejected { response, reason } => {
                     self.out.clear();
                     self.out.extend(response);
-                    Some(Inbound::Closed(Closed::Bad(reason)))
+                    Some(Inbound::Closed(Closed::Bad("handshake", reason)))
                 }
                 Handshake::Accepted { response, request, consumed } => {
                     let rest = buf.data()[consumed..].to_vec();
@@ -371,8 +372,10 @@ fn read_ws(
                         (1009, Closed::TooBig(e.to_string()))
                     }
                     WsError::Capacity(_) => (1009, Closed::TooBig(e.to_string())),
-                    WsError::Utf8(_) => (1007, Closed::Bad(e.to_string())),
-                    _ => (1002, Closed::Bad(e.to_string())),
+                    WsError::Utf8(_) => {
+                        (1007, Closed::Bad("utf8", format!("invalid UTF-8 in a text message: {e}")))
+                    }
+                    _ => (1002, Closed::Bad("protocol", e.to_string())),
                 };
                 websocket::encode_close(out.vec(), code);
                 return Inbound::Closed(closed);
@@ -386,7 +389,7 @@ fn io_closed(e: io::Error) -> Closed {
         io::ErrorKind::ConnectionReset | io::ErrorKind::BrokenPipe | io::ErrorKind::UnexpectedEof => {
             Closed::Peer
         }
-        _ => Closed::Bad(format!("read error: {e}")),
+        _ => Closed::Bad("read", format!("read error: {e}")),
     }
 }
 

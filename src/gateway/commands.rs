@@ -381,10 +381,10 @@ impl Gateway {
     }
 
     fn refuse(&mut self, from: usize, why: &str) {
-        if let Some(inner) = self.inners.get(from) {
-            if self.refused.first(why, &inner.peer) {
-                warn!("gateway: {why} (from {}), closing (logged once per peer)", inner.peer);
-            }
+        if let Some(inner) = self.inners.get(from)
+            && self.refused.first(why, &inner.peer)
+        {
+            warn!("gateway: {why} (from {}), closing (logged once per peer)", inner.peer);
         }
         Slot::bump(&self.stats.slot().bad_input);
         self.kill_inner(from);

@@ -423,9 +423,9 @@ impl Gateway {
         let slot = self.stats.slot();
         match why {
             Closed::Peer => {}
-            Closed::Bad(reason) => {
+            Closed::Bad(kind, reason) => {
                 Slot::bump(&slot.bad_input);
-                if let Some(more) = self.log_gate.check("client_bad") {
+                if let Some(more) = self.log_gate.check(kind) {
                     warn!(
                         "gateway: client {} ({}:{}) closed: {reason}{more}",
                         c.id,
@@ -777,13 +777,13 @@ impl Gateway {
             }
         }
         for key in expired {
-            if let Some(c) = self.clients.by_key(key) {
-                if let Some(more) = self.log_gate.check("heartbeat") {
-                    info!(
-                        "gateway: client {} sent nothing for too long (ping_not_response_limit), closing{more}",
-                        c.id
-                    );
-                }
+            if let Some(c) = self.clients.by_key(key)
+                && let Some(more) = self.log_gate.check("heartbeat")
+            {
+                info!(
+                    "gateway: client {} sent nothing for too long (ping_not_response_limit), closing{more}",
+                    c.id
+                );
             }
             self.mark_dead(key);
         }
@@ -825,7 +825,8 @@ impl Gateway {
             let stale: Vec<usize> = self
                 .clients
                 .iter()
-                .filter(|(_, c)| clock.saturating_sub(c.last_active) >= idle)
+                // The clock counts whole seconds: more than `idle` ticks of silence.
+                .filter(|(_, c)| clock.saturating_sub(c.last_active) > idle)
                 .map(|(k, _)| k)
                 .collect();
             for key in stale {
