@@ -17,6 +17,60 @@ use crate::net::websocket::{self, Handshake, HandshakeRequest};
 use crate::net::{frame, text};
 use crate::reactor::{InBuf, OutBuf, Ready, would_block};
 
+/// Size of the gateway's shared read buffer.
+pub const RX_SIZE: usize = 64 * 1024;
+
+/// The gateway's read buffer, shared by all its clients: a client's socket is read into it
+/// and its messages are decoded from it; only a partial message left over moves into that
+/// client's own buffer. So an idle client holds no read buffer, and nothing is zero-filled
+/// or allocated per read.
+pub struct Rx {
+    buf: Vec<u8>,
+    start: usize,
+    end: usize,
+}
+
+impl Default for Rx {
+    /// Empty; the memory comes with the first read (so `mem::take` costs nothing).
+    fn default() -> Rx {
+        Rx { buf: Vec::new(), start: 0, end: 0 }
+    }
+}
+
+impl Rx {
+    fn data(&self) -> &[u8] {
+        &self.buf[self.start..self.end]
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.start == self.end
+    }
+
+    fn consume(&mut self, n: usize) {
+        self.start += n;
+        if self.start >= self.end {
+            self.start = 0;
+            self.end = 0;
+        }
+    }
+
+    /// One read of `io` into the (empty) buffer.
+    fn fill(&mut self, io: &mut Io) -> io::Result<usize> {
+        if self.buf.len() < RX_SIZE {
+            self.buf = vec![0; RX_SIZE];
+        }
+        let n = io.read(&mut self.buf)?;
+        self.start = 0;
+        self.end = n;
+        Ok(n)
+    }
+
+    pub fn clear(&mut self) {
+        self.start = 0;
+        self.end = 0;
+    }
+}
+
 /// Which worker link a client's events go to: inner slab key + that link's serial.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Route {
@@ -26,8 +80,8 @@ pub struct Route {
 
 /// Protocol state.
 enum Codec {
-    Text(InBuf),
-    Frame(InBuf),
+    Text,
+    Frame,
     /// Websocket before the 101 response: the request bytes so far.
     Handshake(InBuf),
     Ws(Box<WebSocketContext>),
@@ -72,6 +126,8 @@ pub struct Client {
     pub id: u32,
     pub io: Io,
     codec: Codec,
+    /// Received bytes of a message not complete yet (empty, unallocated, most of the time).
+    pending: InBuf,
     out: OutBuf,
     pub ready: Ready,
     pub ip: u32,
@@ -99,14 +155,15 @@ pub struct Client {
 impl Client {
     pub fn new(id: u32, io: Io, proto: Proto, ip: u32, port: u16, now: u32) -> Client {
         let codec = match proto {
-            Proto::Text => Codec::Text(InBuf::default()),
-            Proto::Frame => Codec::Frame(InBuf::default()),
+            Proto::Text => Codec::Text,
+            Proto::Frame => Codec::Frame,
             Proto::WebSocket => Codec::Handshake(InBuf::default()),
         };
         Client {
             id,
             io,
             codec,
+            pending: InBuf::default(),
             out: OutBuf::default(),
             ready: Ready::EMPTY,
             ip,
@@ -127,8 +184,8 @@ impl Client {
 
     pub fn proto(&self) -> Proto {
         match self.codec {
-            Codec::Text(_) => Proto::Text,
-            Codec::Frame(_) => Proto::Frame,
+            Codec::Text => Proto::Text,
+            Codec::Frame => Proto::Frame,
             Codec::Handshake(_) | Codec::Ws(_) => Proto::WebSocket,
         }
     }
@@ -141,105 +198,149 @@ impl Client {
     /// Bytes received and not decoded yet (tungstenite's own buffer is not counted).
     pub fn pending_input(&self) -> usize {
         match &self.codec {
-            Codec::Text(b) | Codec::Frame(b) | Codec::Handshake(b) => b.len(),
-            Codec::Ws(_) => 0,
+            Codec::Handshake(b) => b.len(),
+            _ => self.pending.len(),
         }
     }
 
-    /// Read and decode the next inbound item. `scratch` receives a message's payload.
+    /// Keep what is left in the shared read buffer (the read budget ran out mid-buffer):
+    /// the buffer must be empty before another client uses it.
+    pub fn stash(&mut self, rx: &mut Rx) {
+        if !rx.is_empty() {
+            self.pending.extend(rx.data());
+            rx.clear();
+        }
+    }
+
+    /// Read and decode the next inbound item. `msg` receives a message's payload; `rx` is
+    /// the gateway's shared read buffer (call `stash` when done with this client).
     /// `max` is the largest message accepted.
-    pub fn next(&mut self, scratch: &mut Vec<u8>, max: usize, ws_cfg: &WebSocketConfig) -> Inbound {
+    pub fn next(&mut self, rx: &mut Rx, msg: &mut Vec<u8>, max: usize, ws_cfg: &WebSocketConfig) -> Inbound {
         if self.dead || self.closing {
             return Inbound::Idle;
         }
         loop {
-            // 1. A complete message already buffered?
-            match self.decode_buffered(scratch, max, ws_cfg) {
-                Some(item) => return item,
-                None if matches!(self.codec, Codec::Ws(_)) => return Inbound::Idle,
-                None => {}
-            }
-            // 2. Read more (text, frame, handshake; tungstenite reads by itself).
-            if !self.ready.contains(Ready::READABLE) {
-                return Inbound::Idle;
-            }
-            let (Codec::Text(buf) | Codec::Frame(buf) | Codec::Handshake(buf)) = &mut self.codec else {
-                return Inbound::Idle;
-            };
-            match buf.read_from(&mut self.io, 4096) {
-                Ok(0) => return Inbound::Closed(Closed::Peer),
-                Ok(n) => self.bytes_read += n as u64,
-                Err(e) if would_block(&e) => {
-                    self.ready.remove(Ready::READABLE);
-                    return Inbound::Idle;
+            let proto = match &mut self.codec {
+                Codec::Ws(ctx) => {
+                    let mut stream = WsStream {
+                        io: &mut self.io,
+                        out: &mut self.out,
+                        ready: &mut self.ready,
+                        pending: &mut self.pending,
+                        rx,
+                        read: 0,
+                    };
+                    let item = read_ws(ctx, &mut stream, msg);
+                    self.bytes_read += stream.read;
+                    return item;
                 }
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => return Inbound::Closed(io_closed(e)),
+                Codec::Handshake(_) => match self.handshake_step(ws_cfg) {
+                    Some(item) => return item,
+                    None => continue,
+                },
+                Codec::Text => Proto::Text,
+                Codec::Frame => Proto::Frame,
+            };
+            // Text and frame: decode from the client's partial message, else from the
+            // shared buffer; read more only when neither holds a whole message.
+            if !self.pending.is_empty() {
+                match decode(proto, self.pending.data(), max) {
+                    Decoded::Message { start, end, used } => {
+                        msg.clear();
+                        msg.extend_from_slice(&self.pending.data()[start..end]);
+                        self.pending.consume(used);
+                        return Inbound::Message { binary: false };
+                    }
+                    Decoded::Bad(why) => return Inbound::Closed(Closed::TooBig(why)),
+                    Decoded::Partial => {}
+                }
+            } else if !rx.is_empty() {
+                match decode(proto, rx.data(), max) {
+                    Decoded::Message { start, end, used } => {
+                        msg.clear();
+                        msg.extend_from_slice(&rx.data()[start..end]);
+                        rx.consume(used);
+                        return Inbound::Message { binary: false };
+                    }
+                    Decoded::Bad(why) => return Inbound::Closed(Closed::TooBig(why)),
+                    Decoded::Partial => self.stash(rx),
+                }
+            }
+            if let Some(item) = self.fill(rx) {
+                return item;
+            }
+            if !self.pending.is_empty() {
+                self.stash(rx);
             }
         }
     }
 
-    /// Decode from what is buffered. `None` means "read more".
-    fn decode_buffered(
-        &mut self,
-        scratch: &mut Vec<u8>,
-        max: usize,
-        ws_cfg: &WebSocketConfig,
-    ) -> Option<Inbound> {
-        match &mut self.codec {
-            Codec::Text(buf) => match text::input(buf.data(), max) {
-                Ok(Some((len, used))) => {
-                    scratch.clear();
-                    scratch.extend_from_slice(&buf.data()[..len]);
-                    buf.consume(used);
-                    Some(Inbound::Message { binary: false })
+    /// One read of the socket into `rx`. `Some` when reading ends this round.
+    fn fill(&mut self, rx: &mut Rx) -> Option<Inbound> {
+        if !self.ready.contains(Ready::READABLE) {
+            return Some(Inbound::Idle);
+        }
+        match rx.fill(&mut self.io) {
+            Ok(0) => Some(Inbound::Closed(Closed::Peer)),
+            Ok(n) => {
+                self.bytes_read += n as u64;
+                if n < RX_SIZE && self.io.short_read_drains() {
+                    self.ready.remove(Ready::READABLE);
                 }
-                Ok(None) => None,
-                Err(text::TooLong) => {
-                    Some(Inbound::Closed(Closed::TooBig(format!("text line over {max} bytes"))))
+                None
+            }
+            Err(e) if would_block(&e) => {
+                self.ready.remove(Ready::READABLE);
+                Some(Inbound::Idle)
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => None,
+            Err(e) => Some(Inbound::Closed(io_closed(e))),
+        }
+    }
+
+    /// The websocket opening handshake: read the request into its own small buffer, answer
+    /// it, switch to the frame decoder. `None` means "go on".
+    fn handshake_step(&mut self, ws_cfg: &WebSocketConfig) -> Option<Inbound> {
+        let Codec::Handshake(buf) = &mut self.codec else { return None };
+        match websocket::handshake(buf.data()) {
+            Handshake::Partial => {}
+            Handshake::Rejected { response, reason } => {
+                self.out.clear();
+                self.out.extend(response);
+                return Some(Inbound::Closed(Closed::Bad("handshake", reason)));
+            }
+            Handshake::Accepted { response, request, consumed } => {
+                let rest = buf.data()[consumed..].to_vec();
+                // The 101 goes before anything queued while the handshake ran.
+                self.out.prepend(&response);
+                self.codec = Codec::Ws(Box::new(WebSocketContext::from_partially_read(
+                    rest,
+                    Role::Server,
+                    Some(*ws_cfg),
+                )));
+                // Frames may already be buffered behind the request.
+                self.ready.insert(Ready::READABLE);
+                return Some(Inbound::Upgraded(request));
+            }
+        }
+        if !self.ready.contains(Ready::READABLE) {
+            return Some(Inbound::Idle);
+        }
+        match buf.read_from(&mut self.io, 1024) {
+            Ok(0) => Some(Inbound::Closed(Closed::Peer)),
+            Ok(n) => {
+                self.bytes_read += n as u64;
+                if n < 1024 && self.io.short_read_drains() {
+                    self.ready.remove(Ready::READABLE);
                 }
-            },
-            Codec::Frame(buf) => match frame::input(buf.data(), max) {
-                Ok(Some(total)) => {
-                    scratch.clear();
-                    scratch.extend_from_slice(&buf.data()[4..total]);
-                    buf.consume(total);
-                    Some(Inbound::Message { binary: false })
-                }
-                Ok(None) => None,
-                Err(frame::BadLength(n)) => {
-                    Some(Inbound::Closed(Closed::TooBig(format!("frame length {n} outside 4..={}", max + 4))))
-                }
-            },
-            Codec::Handshake(buf) => match websocket::handshake(buf.data()) {
-                Handshake::Partial => None,
-                Handshake::Rejected { response, reason } => {
-                    self.out.clear();
-                    self.out.extend(response);
-                    Some(Inbound::Closed(Closed::Bad("handshake", reason)))
-                }
-                Handshake::Accepted { response, request, consumed } => {
-                    let rest = buf.data()[consumed..].to_vec();
-                    // The 101 goes before anything queued while the handshake ran.
-                    self.out.prepend(&response);
-                    self.codec = Codec::Ws(Box::new(WebSocketContext::from_partially_read(
-                        rest,
-                        Role::Server,
-                        Some(*ws_cfg),
-                    )));
-                    // Frames may already be buffered behind the request.
-                    self.ready.insert(Ready::READABLE);
-                    Some(Inbound::Upgraded(request))
-                }
-            },
-            Codec::Ws(ctx) => Some(read_ws(
-                ctx,
-                &mut self.io,
-                &mut self.out,
-                &mut self.ready,
-                &mut self.bytes_read,
-                scratch,
-            )),
+                None
+            }
+            Err(e) if would_block(&e) => {
+                self.ready.remove(Ready::READABLE);
+                Some(Inbound::Idle)
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => None,
+            Err(e) => Some(Inbound::Closed(io_closed(e))),
         }
     }
 
@@ -258,8 +359,8 @@ impl Client {
             return Ok(());
         }
         match self.codec {
-            Codec::Text(_) => text::encode(v, msg),
-            Codec::Frame(_) => frame::encode(v, msg),
+            Codec::Text => text::encode(v, msg),
+            Codec::Frame => frame::encode(v, msg),
             Codec::Handshake(_) | Codec::Ws(_) => {
                 let op = if binary { websocket::OP_BINARY } else { websocket::OP_TEXT };
                 websocket::encode_frame(v, op, msg);
@@ -332,32 +433,22 @@ impl Client {
 }
 
 /// One step of the open websocket: the next data message, or the end.
-fn read_ws(
-    ctx: &mut WebSocketContext,
-    io: &mut Io,
-    out: &mut OutBuf,
-    ready: &mut Ready,
-    bytes_read: &mut u64,
-    scratch: &mut Vec<u8>,
-) -> Inbound {
-    let mut stream = WsStream { io, out, read: 0 };
+fn read_ws(ctx: &mut WebSocketContext, stream: &mut WsStream<'_>, msg: &mut Vec<u8>) -> Inbound {
     loop {
-        let res = ctx.read(&mut stream);
-        *bytes_read += std::mem::take(&mut stream.read);
-        match res {
+        match ctx.read(stream) {
             Ok(Message::Text(t)) => {
-                scratch.clear();
-                scratch.extend_from_slice(t.as_bytes());
+                msg.clear();
+                msg.extend_from_slice(t.as_bytes());
                 return Inbound::Message { binary: false };
             }
             Ok(Message::Binary(b)) => {
-                scratch.clear();
-                scratch.extend_from_slice(&b);
+                msg.clear();
+                msg.extend_from_slice(&b);
                 return Inbound::Message { binary: true };
             }
             Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_) | Message::Close(_)) => {}
             Err(WsError::Io(e)) if would_block(&e) => {
-                ready.remove(Ready::READABLE);
+                stream.ready.remove(Ready::READABLE);
                 return Inbound::Idle;
             }
             Err(WsError::Io(e)) if e.kind() == io::ErrorKind::Interrupted => {}
@@ -377,10 +468,32 @@ fn read_ws(
                     }
                     _ => (1002, Closed::Bad("protocol", e.to_string())),
                 };
-                websocket::encode_close(out.vec(), code);
+                websocket::encode_close(stream.out.vec(), code);
                 return Inbound::Closed(closed);
             }
         }
+    }
+}
+
+/// Where a text or frame message is in a buffer.
+enum Decoded {
+    Message { start: usize, end: usize, used: usize },
+    Partial,
+    Bad(String),
+}
+
+fn decode(proto: Proto, data: &[u8], max: usize) -> Decoded {
+    match proto {
+        Proto::Text => match text::input(data, max) {
+            Ok(Some((len, used))) => Decoded::Message { start: 0, end: len, used },
+            Ok(None) => Decoded::Partial,
+            Err(text::TooLong) => Decoded::Bad(format!("text line over {max} bytes")),
+        },
+        _ => match frame::input(data, max) {
+            Ok(Some(total)) => Decoded::Message { start: 4, end: total, used: total },
+            Ok(None) => Decoded::Partial,
+            Err(frame::BadLength(n)) => Decoded::Bad(format!("frame length {n} outside 4..={}", max + 4)),
+        },
     }
 }
 
@@ -393,18 +506,44 @@ fn io_closed(e: io::Error) -> Closed {
     }
 }
 
-/// The stream tungstenite sees: reads come from the socket, writes go to our ordered
-/// buffer (never blocking, never `Ok(0)`), flushed by the gateway at the end of the turn.
+/// The stream tungstenite sees: reads come from the client's partial bytes, then the
+/// shared read buffer, then the socket (into the shared buffer); writes go to our ordered
+/// output buffer (never blocking, never `Ok(0)`), flushed by the gateway at the end of the
+/// turn.
 struct WsStream<'a> {
     io: &'a mut Io,
     out: &'a mut OutBuf,
+    ready: &'a mut Ready,
+    pending: &'a mut InBuf,
+    rx: &'a mut Rx,
     read: u64,
 }
 
 impl Read for WsStream<'_> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let n = self.io.read(buf)?;
-        self.read += n as u64;
+        if !self.pending.is_empty() {
+            let n = buf.len().min(self.pending.len());
+            buf[..n].copy_from_slice(&self.pending.data()[..n]);
+            self.pending.consume(n);
+            return Ok(n);
+        }
+        if self.rx.is_empty() {
+            if !self.ready.contains(Ready::READABLE) {
+                return Err(io::ErrorKind::WouldBlock.into());
+            }
+            let n = self.rx.fill(self.io)?;
+            self.read += n as u64;
+            if n == 0 {
+                return Ok(0);
+            }
+            // A short read emptied the socket: the next one would only say WouldBlock.
+            if n < RX_SIZE && self.io.short_read_drains() {
+                self.ready.remove(Ready::READABLE);
+            }
+        }
+        let n = buf.len().min(self.rx.end - self.rx.start);
+        buf[..n].copy_from_slice(&self.rx.data()[..n]);
+        self.rx.consume(n);
         Ok(n)
     }
 }

@@ -6,6 +6,9 @@ use std::io;
 use crate::net::io::Io;
 use crate::reactor::{InBuf, OutBuf, Ready, would_block};
 
+/// Bytes asked for per read.
+const CHUNK: usize = 64 * 1024;
+
 /// What the peer said it is.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Kind {
@@ -72,9 +75,14 @@ impl Inner {
             if self.inbuf.len() >= cap {
                 return Ok(ReadEnd::Full);
             }
-            match self.inbuf.read_from(&mut self.io, 64 * 1024) {
+            match self.inbuf.read_from(&mut self.io, CHUNK) {
                 Ok(0) => return Ok(ReadEnd::Eof),
-                Ok(n) => self.bytes_read += n as u64,
+                Ok(n) => {
+                    self.bytes_read += n as u64;
+                    if n < CHUNK && self.io.short_read_drains() {
+                        self.ready.remove(Ready::READABLE);
+                    }
+                }
                 Err(e) if would_block(&e) => self.ready.remove(Ready::READABLE),
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => return Err(e),

@@ -122,6 +122,8 @@ pub struct Gateway {
     /// Events encoded while no business worker was linked.
     parked: Vec<u8>,
     scratch: Vec<u8>,
+    /// Read buffer shared by all clients.
+    rx: client::Rx,
     encoded: Vec<u8>,
     dirty_clients: Vec<usize>,
     dirty_inners: Vec<usize>,
@@ -216,6 +218,7 @@ impl Gateway {
             register_lines: lines::gateway_connect(&address, &cfg.secret_key),
             parked: Vec::new(),
             scratch: Vec::new(),
+            rx: client::Rx::default(),
             encoded: Vec::new(),
             dirty_clients: Vec::new(),
             dirty_inners: Vec::new(),
@@ -383,16 +386,28 @@ impl Gateway {
     /// Read up to the budget from client `key`, forwarding each message.
     fn read_client(&mut self, key: usize) {
         let mut scratch = std::mem::take(&mut self.scratch);
+        let mut rx = std::mem::take(&mut self.rx);
+        self.read_client_with(key, &mut rx, &mut scratch);
+        // The shared read buffer must be empty before the next client uses it.
+        match self.clients.by_key_mut(key) {
+            Some(c) => c.stash(&mut rx),
+            None => rx.clear(),
+        }
+        self.rx = rx;
+        self.scratch = scratch;
+    }
+
+    fn read_client_with(&mut self, key: usize, rx: &mut client::Rx, scratch: &mut Vec<u8>) {
         for _ in 0..READ_BUDGET {
-            let Some(c) = self.clients.by_key_mut(key) else { break };
-            match c.next(&mut scratch, self.limits.max_package_size, &self.ws_cfg) {
+            let Some(c) = self.clients.by_key_mut(key) else { return };
+            match c.next(rx, scratch, self.limits.max_package_size, &self.ws_cfg) {
                 Inbound::Message { binary } => {
                     c.ping = -1;
                     c.last_active = self.clock;
                     let slot = self.stats.slot();
                     Slot::bump(&slot.total_request);
                     let f = flag::BODY_IS_SCALAR | if binary { flag::BINARY } else { 0 };
-                    self.forward(key, cmd::ON_MESSAGE, f, &scratch);
+                    self.forward(key, cmd::ON_MESSAGE, f, scratch);
                 }
                 Inbound::Upgraded(req) => {
                     let ip = Ipv4Addr::from(c.ip).to_string();
@@ -401,19 +416,14 @@ impl Gateway {
                     self.mark_dirty(key);
                     self.forward(key, cmd::ON_WEBSOCKET_CONNECT, 0, &body);
                 }
-                Inbound::Idle => {
-                    self.scratch = scratch;
-                    return;
-                }
+                Inbound::Idle => return,
                 Inbound::Closed(why) => {
                     self.log_closed(key, &why);
                     self.close_client(key);
-                    self.scratch = scratch;
                     return;
                 }
             }
         }
-        self.scratch = scratch;
         // Budget used up: keep going next turn without waiting for an edge.
         self.again.push(key);
     }

@@ -44,6 +44,13 @@ impl Io {
         };
     }
 
+    /// A plain socket: a read that returns less than asked means the kernel queue is empty,
+    /// so the next read would only say `WouldBlock` (a syscall saved per readiness; new
+    /// data raises a new edge). Not true of TLS, where one record may hold less than a read.
+    pub fn short_read_drains(&self) -> bool {
+        !matches!(self, Io::Tls(_))
+    }
+
     /// True while a TLS handshake is still running.
     pub fn is_handshaking(&self) -> bool {
         matches!(self, Io::Tls(t) if t.is_handshaking())

@@ -11,6 +11,9 @@ use mio::{Registry, Token};
 use crate::net::io::Io;
 use crate::reactor::{InBuf, OutBuf, Ready, would_block};
 
+/// Bytes asked for per read.
+const CHUNK: usize = 64 * 1024;
+
 /// Where a link goes.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Target {
@@ -139,9 +142,15 @@ impl Link {
             if self.inbuf.len() >= limit {
                 return Ok(ReadEnd::Full);
             }
-            match self.inbuf.read_from(io, 64 * 1024) {
+            match self.inbuf.read_from(io, CHUNK) {
                 Ok(0) => return Ok(ReadEnd::Eof),
-                Ok(n) => self.bytes_read += n as u64,
+                Ok(n) => {
+                    self.bytes_read += n as u64;
+                    // A short read emptied the socket: no need to hear WouldBlock.
+                    if n < CHUNK && io.short_read_drains() {
+                        self.ready.remove(Ready::READABLE);
+                    }
+                }
                 Err(e) if would_block(&e) => self.ready.remove(Ready::READABLE),
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => return Err(e),

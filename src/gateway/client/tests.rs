@@ -20,18 +20,22 @@ fn drain(c: &mut Client) -> (Vec<(Vec<u8>, bool)>, Vec<Inbound>) {
     let mut scratch = Vec::new();
     let mut msgs = Vec::new();
     let mut other = Vec::new();
+    let mut rx = Rx::default();
     c.ready.insert(Ready::READABLE);
     loop {
-        match c.next(&mut scratch, 1024, &cfg) {
+        match c.next(&mut rx, &mut scratch, 1024, &cfg) {
             Inbound::Message { binary } => msgs.push((scratch.clone(), binary)),
-            Inbound::Idle => return (msgs, other),
+            Inbound::Idle => break,
             Inbound::Closed(x) => {
                 other.push(Inbound::Closed(x));
-                return (msgs, other);
+                break;
             }
             up @ Inbound::Upgraded(_) => other.push(up),
         }
     }
+    c.stash(&mut rx);
+    assert!(rx.is_empty());
+    (msgs, other)
 }
 
 fn peer_read(peer: &mut std::os::unix::net::UnixStream) -> Vec<u8> {
@@ -185,4 +189,41 @@ fn kicked_before_the_handshake_gets_no_frames() {
     assert!(c.flush().unwrap());
     drop(c);
     assert!(peer_read(&mut peer).is_empty(), "no frame without a 101 before it");
+}
+
+#[test]
+fn leftover_bytes_move_from_the_shared_buffer_to_the_client() {
+    let cfg = config(1024);
+    let mut msg = Vec::new();
+    // Text: three lines in one read; the budget stops after one.
+    let (mut c, mut peer) = pair(Proto::Text);
+    peer.write_all(b"one\ntwo\nthr").unwrap();
+    let mut rx = Rx::default();
+    assert!(matches!(c.next(&mut rx, &mut msg, 1024, &cfg), Inbound::Message { .. }));
+    assert_eq!(msg, b"one");
+    c.stash(&mut rx);
+    assert!(rx.is_empty() && c.pending_input() == 7);
+    // Another client uses the shared buffer meanwhile.
+    let (mut other, mut other_peer) = pair(Proto::Text);
+    other_peer.write_all(b"x\n").unwrap();
+    assert!(matches!(other.next(&mut rx, &mut msg, 1024, &cfg), Inbound::Message { .. }));
+    assert_eq!(msg, b"x");
+    other.stash(&mut rx);
+    assert_eq!(drain(&mut c).0, vec![(b"two".to_vec(), false)]);
+    peer.write_all(b"ee\n").unwrap();
+    assert_eq!(drain(&mut c).0, vec![(b"three".to_vec(), false)]);
+    // Websocket: three frames in one read.
+    let (mut w, mut wpeer) = pair(Proto::WebSocket);
+    wpeer.write_all(HANDSHAKE).unwrap();
+    drain(&mut w);
+    let mut frames = masked(1, b"a");
+    frames.extend(masked(1, b"b"));
+    frames.extend(masked(2, b"c"));
+    wpeer.write_all(&frames).unwrap();
+    w.ready.insert(Ready::READABLE);
+    assert!(matches!(w.next(&mut rx, &mut msg, 1024, &cfg), Inbound::Message { binary: false }));
+    assert_eq!(msg, b"a");
+    w.stash(&mut rx);
+    assert!(rx.is_empty());
+    assert_eq!(drain(&mut w).0, vec![(b"b".to_vec(), false), (b"c".to_vec(), true)]);
 }
