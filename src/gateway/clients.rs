@@ -7,7 +7,6 @@ use slab::Slab;
 use super::client::Client;
 use super::index::IdMap;
 
-#[derive(Default)]
 pub struct Clients {
     slab: Slab<Client>,
     ids: IdMap<usize>,
@@ -15,6 +14,13 @@ pub struct Clients {
 }
 
 impl Clients {
+    /// A table for up to `expected` clients. The memory is reserved, not touched: pages
+    /// become resident as clients arrive, and growth never doubles the table.
+    pub fn with_capacity(expected: usize) -> Clients {
+        let n = expected.min(1 << 20);
+        Clients { slab: Slab::with_capacity(n), ids: IdMap::with_capacity_and_hasher(n, Default::default()), last_id: 0 }
+    }
+
     /// Next connection id: counter + 1, skipping 0 and ids in use (GatewayWorker's
     /// `generateConnectionId`), so ids are unique for a long time.
     pub fn alloc_id(&mut self) -> u32 {

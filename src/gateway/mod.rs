@@ -208,7 +208,7 @@ impl Gateway {
             accept_backoff: false,
             tls,
             ws_cfg: websocket::config(g.limits.max_package_size),
-            clients: Clients::default(),
+            clients: Clients::with_capacity(g.limits.max_connections),
             inners: Slab::new(),
             inner_serial: 0,
             router: Router::default(),

@@ -30,7 +30,7 @@ pub fn config(max_message: usize) -> WebSocketConfig {
 /// Bytes tungstenite asks for per read. Its reads are served from the gateway's shared
 /// read buffer (a copy, no syscall), and its own buffer starts this small, so an idle
 /// connection keeps next to nothing.
-const READ_CHUNK: usize = 256;
+const READ_CHUNK: usize = 128;
 
 /// The request line and headers of an accepted handshake, in request order.
 #[derive(Clone, Debug, PartialEq, Eq)]
