@@ -126,6 +126,20 @@ fn rel(conf: &Path) -> String {
     rel.as_deref().unwrap_or(conf).display().to_string()
 }
 
+/// The config, the title and the pid of the running master; prints `not run` (exit 3)
+/// when there is none.
+fn running(conf: &Path) -> Result<(Config, String, u32), i32> {
+    let cfg = load(conf)?;
+    let title = title(conf);
+    match running_master(&cfg) {
+        Some(pid) => Ok((cfg, title, pid)),
+        None => {
+            eprintln!("{title} not run");
+            Err(3)
+        }
+    }
+}
+
 fn title(conf: &Path) -> String {
     format!("gatewayworker[{}]", rel(conf))
 }
@@ -244,14 +258,9 @@ fn banner(title: &str, cfg: &Config, m: &Master, daemon: bool) -> String {
 
 /// Send `sig` to the master and wait for it to disappear.
 fn stop(conf: &Path, graceful: bool) -> i32 {
-    let cfg = match load(conf) {
-        Ok(c) => c,
+    let (cfg, title, pid) = match running(conf) {
+        Ok(r) => r,
         Err(code) => return code,
-    };
-    let title = title(conf);
-    let Some(pid) = running_master(&cfg) else {
-        eprintln!("{title} not run");
-        return 3;
     };
     println!("{title} is stopping ...");
     master::signal(pid, if graceful { libc::SIGQUIT } else { libc::SIGINT });
@@ -274,14 +283,9 @@ fn stop(conf: &Path, graceful: bool) -> i32 {
 
 /// SIGUSR1, then wait for the master to report the reload done or aborted.
 fn reload(conf: &Path) -> i32 {
-    let cfg = match load(conf) {
-        Ok(c) => c,
+    let (cfg, title, pid) = match running(conf) {
+        Ok(r) => r,
         Err(code) => return code,
-    };
-    let title = title(conf);
-    let Some(pid) = running_master(&cfg) else {
-        eprintln!("{title} not run");
-        return 3;
     };
     let shm = Shm::open(&cfg.stats_path(), false).ok();
     let before = shm.as_ref().map(|s| table::snapshot(s).reloads);
@@ -304,15 +308,10 @@ fn reload(conf: &Path) -> i32 {
 }
 
 fn status(conf: &Path, args: &Args) -> i32 {
-    let cfg = match load(conf) {
-        Ok(c) => c,
+    let (cfg, title, _) = match running(conf) {
+        Ok(r) => r,
         Err(code) => return code,
     };
-    let title = title(conf);
-    if running_master(&cfg).is_none() {
-        eprintln!("{title} not run");
-        return 3;
-    }
     let shm = match Shm::open(&cfg.stats_path(), false) {
         Ok(s) => s,
         Err(e) => {
@@ -347,14 +346,9 @@ fn status(conf: &Path, args: &Args) -> i32 {
 }
 
 fn connections(conf: &Path) -> i32 {
-    let cfg = match load(conf) {
-        Ok(c) => c,
+    let (cfg, title, pid) = match running(conf) {
+        Ok(r) => r,
         Err(code) => return code,
-    };
-    let title = title(conf);
-    let Some(pid) = running_master(&cfg) else {
-        eprintln!("{title} not run");
-        return 3;
     };
     match crate::stats::conns::collect(&cfg, pid) {
         Ok(text) => {

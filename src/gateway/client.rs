@@ -280,11 +280,18 @@ impl Client {
         if !self.ready.contains(Ready::READABLE) {
             return Some(Inbound::Idle);
         }
-        match rx.fill(&mut self.io) {
+        let res = rx.fill(&mut self.io);
+        self.after_read(res, RX_SIZE)
+    }
+
+    /// Account for one read that asked for `asked` bytes. `Some` when reading ends here.
+    fn after_read(&mut self, res: io::Result<usize>, asked: usize) -> Option<Inbound> {
+        match res {
             Ok(0) => Some(Inbound::Closed(Closed::Peer)),
             Ok(n) => {
                 self.bytes_read += n as u64;
-                if n < RX_SIZE && self.io.short_read_drains() {
+                // A short read emptied the socket: the next one would only say WouldBlock.
+                if n < asked && self.io.short_read_drains() {
                     self.ready.remove(Ready::READABLE);
                 }
                 None
@@ -326,22 +333,8 @@ impl Client {
         if !self.ready.contains(Ready::READABLE) {
             return Some(Inbound::Idle);
         }
-        match buf.read_from(&mut self.io, 1024) {
-            Ok(0) => Some(Inbound::Closed(Closed::Peer)),
-            Ok(n) => {
-                self.bytes_read += n as u64;
-                if n < 1024 && self.io.short_read_drains() {
-                    self.ready.remove(Ready::READABLE);
-                }
-                None
-            }
-            Err(e) if would_block(&e) => {
-                self.ready.remove(Ready::READABLE);
-                Some(Inbound::Idle)
-            }
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => None,
-            Err(e) => Some(Inbound::Closed(io_closed(e))),
-        }
+        let res = buf.read_from(&mut self.io, 1024);
+        self.after_read(res, 1024)
     }
 
     /// Queue one message encoded by the client's protocol. `raw` bytes are queued as they

@@ -18,7 +18,11 @@ impl Clients {
     /// become resident as clients arrive, and growth never doubles the table.
     pub fn with_capacity(expected: usize) -> Clients {
         let n = expected.min(1 << 20);
-        Clients { slab: Slab::with_capacity(n), ids: IdMap::with_capacity_and_hasher(n, Default::default()), last_id: 0 }
+        Clients {
+            slab: Slab::with_capacity(n),
+            ids: IdMap::with_capacity_and_hasher(n, Default::default()),
+            last_id: 0,
+        }
     }
 
     /// Next connection id: counter + 1, skipping 0 and ids in use (GatewayWorker's
