@@ -1,0 +1,117 @@
+//! Accepting clients (with the connection limit and EMFILE back-off) and inner links.
+
+use std::io;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use log::warn;
+use mio::Token;
+
+use super::client::Client;
+use super::inner::Inner;
+use super::{CLIENT_BASE, Gateway, INNER_BASE, Stop, Timer};
+use crate::net::io::Io;
+use crate::net::tls::TlsIo;
+use crate::reactor::{Ctx, would_block};
+use crate::stats::Slot;
+use crate::wire::packet::{cmd, flag};
+
+impl Gateway {
+    pub(super) fn accept_clients(&mut self, cx: &mut Ctx<'_, Timer>) {
+        while self.accept_ready && !self.accept_backoff && self.stop == Stop::No {
+            if self.clients.len() >= self.limits.max_connections {
+                if !self.accept_paused {
+                    warn!(
+                        "gateway: {} connections reached (gateway.limits.max_connections), pausing accept",
+                        self.clients.len()
+                    );
+                    Slot::bump(&self.stats.slot().limit_conn);
+                }
+                self.accept_paused = true;
+                return;
+            }
+            match self.listeners.public.accept() {
+                Ok((stream, peer)) => self.add_client(cx, stream, peer),
+                Err(e) if would_block(&e) => self.accept_ready = false,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    // EMFILE/ENFILE/ENOMEM: the connection stays queued. Retry a little later
+                    // instead of spinning on a listener that stays readable.
+                    if let Some(more) = self.log_gate.check("accept") {
+                        warn!("gateway: accept failed: {e}; accepting again in 100 ms{more}");
+                    }
+                    Slot::bump(&self.stats.slot().limit_conn);
+                    self.accept_backoff = true;
+                    cx.after(Duration::from_millis(100), Timer::ResumeAccept);
+                    return;
+                }
+            }
+        }
+    }
+
+    pub(super) fn add_client(
+        &mut self,
+        cx: &mut Ctx<'_, Timer>,
+        stream: mio::net::TcpStream,
+        peer: SocketAddr,
+    ) {
+        let _ = stream.set_nodelay(true);
+        let io = match &self.tls {
+            Some(cfg) => match TlsIo::new(stream, cfg) {
+                Ok(t) => Io::Tls(Box::new(t)),
+                Err(e) => {
+                    warn!("gateway: TLS session for {peer} failed: {e}");
+                    return;
+                }
+            },
+            None => Io::Tcp(stream),
+        };
+        let (ip, port) = match peer {
+            SocketAddr::V4(a) => (u32::from(*a.ip()), a.port()),
+            SocketAddr::V6(a) => (a.ip().to_ipv4_mapped().map_or(0, u32::from), a.port()),
+        };
+        let id = self.clients.alloc_id();
+        let key = self.clients.vacant_key();
+        let mut c = Client::new(id, io, self.me.proto, ip, port, self.clock);
+        if let Err(e) = c.io.register(cx.registry, Token(CLIENT_BASE + key)) {
+            warn!("gateway: cannot watch client {peer}: {e}");
+            return;
+        }
+        let handshaking = c.handshaking();
+        self.clients.insert(c);
+        if handshaking {
+            let secs = self.limits.handshake_timeout.as_secs_f64().ceil() as u32;
+            self.handshakes.push_back((self.clock + secs.max(1), id));
+        }
+        self.forward(key, cmd::ON_CONNECT, flag::BODY_IS_SCALAR, &[]);
+    }
+
+    pub(super) fn accept_inner(&mut self, cx: &mut Ctx<'_, Timer>, unix: bool) {
+        loop {
+            let res = if unix {
+                self.listeners.inner_unix.accept().map(|(s, _)| (Io::Unix(s), "unix".to_string()))
+            } else {
+                self.listeners.inner_tcp.accept().map(|(s, a)| {
+                    let _ = s.set_nodelay(true);
+                    (Io::Tcp(s), a.to_string())
+                })
+            };
+            match res {
+                Ok((io, peer)) => {
+                    self.inner_serial += 1;
+                    let key = self.inners.vacant_key();
+                    let mut inner = Inner::new(io, self.inner_serial, peer, self.secret.is_empty());
+                    if inner.io.register(cx.registry, Token(INNER_BASE + key)).is_ok() {
+                        self.inners.insert(inner);
+                    }
+                }
+                Err(e) if would_block(&e) => return,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    warn!("gateway: inner accept failed: {e}");
+                    return;
+                }
+            }
+        }
+    }
+}
