@@ -9,6 +9,8 @@ use super::php_unserialize::{canonical_keys, depth, json, round_trip};
 
 pub fn check(data: &[u8]) {
     handshake(data);
+    in_reads(data);
+    near_the_limit(data);
     parse_str(data);
     parse_cookie(data);
     url_decode(data);
@@ -51,6 +53,55 @@ fn handshake(data: &[u8]) {
             connect_data(&request);
         }
     }
+}
+
+/// What `handshake` decides, without the request and response.
+#[derive(Debug, PartialEq, Eq)]
+enum Outcome {
+    Partial,
+    Accepted(usize),
+    Rejected(&'static [u8]),
+}
+
+fn outcome(buf: &[u8]) -> Outcome {
+    match websocket::handshake(buf) {
+        Handshake::Partial => Outcome::Partial,
+        Handshake::Accepted { consumed, .. } => Outcome::Accepted(consumed),
+        Handshake::Rejected { response, .. } => Outcome::Rejected(response),
+    }
+}
+
+/// The gateway calls `handshake` after every read until it is not `Partial`: the decision
+/// must not depend on how the request was cut into reads.
+fn in_reads(data: &[u8]) {
+    let whole = outcome(data);
+    for size in [4096, 1000] {
+        let mut got = Outcome::Partial;
+        let mut end = 0;
+        while end < data.len() {
+            end = (end + size).min(data.len());
+            got = outcome(&data[..end]);
+            if got != Outcome::Partial {
+                break;
+            }
+        }
+        assert_eq!(got, whole, "reads of {size} bytes decide otherwise than one read");
+    }
+}
+
+/// The same request grown by a filler header to just under or just over `MAX_REQUEST`.
+fn near_the_limit(data: &[u8]) {
+    let Some(eol) = data.iter().position(|&b| b == b'\n') else { return };
+    const FRAME: usize = "X-Pad: \r\n".len();
+    let target = MAX_REQUEST - 16 + data.len() % 32;
+    let Some(filler) = target.checked_sub(data.len() + FRAME) else { return };
+    let mut padded = data[..=eol].to_vec();
+    padded.extend_from_slice(b"X-Pad: ");
+    padded.extend(std::iter::repeat_n(b'p', filler));
+    padded.extend_from_slice(b"\r\n");
+    padded.extend_from_slice(&data[eol + 1..]);
+    handshake(&padded);
+    in_reads(&padded);
 }
 
 /// The data for `CMD_ON_WEBSOCKET_CONNECT` serializes to what the worker unserializes.
