@@ -62,11 +62,12 @@ const UPGRADE_REQUIRED: &[u8] = b"HTTP/1.1 426 Upgrade Required\r\nConnection: U
 /// Examine the bytes read so far on a new websocket connection.
 pub fn handshake(buf: &[u8]) -> Handshake {
     let reject = |reason: String| Handshake::Rejected { response: BAD_REQUEST, reason };
+    let too_big = || reject(format!("handshake request over {MAX_REQUEST} bytes"));
     let (consumed, req) = match Request::try_parse(buf) {
+        // Whether a request arrives whole or in pieces, the same limit.
+        Ok(Some((consumed, _))) if consumed > MAX_REQUEST => return too_big(),
         Ok(Some(parsed)) => parsed,
-        Ok(None) if buf.len() >= MAX_REQUEST => {
-            return reject(format!("handshake request over {MAX_REQUEST} bytes"));
-        }
+        Ok(None) if buf.len() >= MAX_REQUEST => return too_big(),
         Ok(None) => return Handshake::Partial,
         Err(e) => return reject(format!("bad handshake request: {e}")),
     };
