@@ -5,7 +5,7 @@
 
 use std::collections::VecDeque;
 use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -371,10 +371,15 @@ pub struct Ws {
 
 impl Ws {
     pub fn connect(port: u16, path: &str) -> Ws {
-        let stream = TcpStream::connect(("127.0.0.1", port)).unwrap();
+        Ws::connect_to(SocketAddr::from(([127, 0, 0, 1], port)), path)
+    }
+
+    /// A client of the gateway at `addr` (another host).
+    pub fn connect_to(addr: SocketAddr, path: &str) -> Ws {
+        let stream = TcpStream::connect_timeout(&addr, DEADLINE).unwrap();
         stream.set_read_timeout(Some(DEADLINE)).unwrap();
         stream.set_nodelay(true).unwrap();
-        let (ws, _) = tungstenite::client(format!("ws://127.0.0.1:{port}{path}"), stream).unwrap();
+        let (ws, _) = tungstenite::client(format!("ws://{addr}{path}"), stream).unwrap();
         Ws { ws, backlog: VecDeque::new(), tag: 0 }
     }
 
