@@ -93,6 +93,7 @@ impl Gateway {
             } else {
                 self.listeners.inner_tcp.accept().map(|(s, a)| {
                     let _ = s.set_nodelay(true);
+                    crate::net::watch_peer(&s);
                     (Io::Tcp(s), a.to_string())
                 })
             };

@@ -112,6 +112,7 @@ impl Register {
             match self.listener.accept() {
                 Ok((stream, peer)) => {
                     let _ = stream.set_nodelay(true);
+                    crate::net::watch_peer(&stream);
                     let entry = self.conns.vacant_entry();
                     let key = entry.key();
                     let mut io = Io::Tcp(stream);

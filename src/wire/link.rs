@@ -88,6 +88,7 @@ impl Link {
             Target::Tcp(a) => {
                 let s = TcpStream::connect(*a)?;
                 let _ = s.set_nodelay(true);
+                crate::net::watch_peer(&s);
                 Io::Tcp(s)
             }
             Target::Unix(p) => Io::Unix(UnixStream::connect(p)?),
