@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
 # Control script, as workerman users know it:
 #   scripts/start.sh start [-d] | stop [-g] | restart [-d] | reload | status [-d] | connections
-# Options go through to the binary (--conf FILE; default $GW_CONF, else conf/dev.toml).
+# Options go through to the binary (--conf FILE; default $GW_CONF, else conf/active.toml if
+# it exists, else conf/dev.toml). conf/active.toml is a git-ignored link to this machine's
+# conf file (scripts/deploy.sh makes it: ln -sfn master.toml conf/active.toml).
 # start, restart and reload build the release binary first (incremental, quick when nothing
 # changed), so "git pull && scripts/start.sh reload" puts new business code live.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
-bin=target/release/gatewayworker
+bin=${CARGO_TARGET_DIR:-target}/release/gatewayworker
 case "${1:-}" in
   start|restart|reload) cargo build --release --bin gatewayworker --quiet ;;
   *) [ -x "$bin" ] || cargo build --release --bin gatewayworker --quiet ;;

@@ -3,6 +3,7 @@
 //! master uses to exec its children. The CLI finds the master through the pid file.
 
 pub mod daemon;
+pub mod deploy;
 pub mod logger;
 pub mod pidfile;
 
@@ -23,9 +24,12 @@ Commands:
   reload            business workers restart from the binary on disk; clients stay connected
   status [-d]       live process table (-d: refresh every second; --json: machine readable)
   connections       one line per connection of every process
+  deploy-plan STAGE the hosts of a stage of conf/deploy.toml in deploy order (--file FILE),
+                    as scripts/deploy.sh reads them
 
 Options:
-  --conf FILE       configuration file (default: $GW_CONF, else conf/dev.toml)
+  --conf FILE       configuration file (default: $GW_CONF, else conf/active.toml
+                    if it exists, else conf/dev.toml)
   -q                no start banner
   -h, --help        this text
 ";
@@ -74,12 +78,10 @@ pub fn main(apps: AppFactory) -> i32 {
     if args.command == "child" {
         return child(&args, apps);
     }
-    let conf = args
-        .conf
-        .clone()
-        .or_else(|| std::env::var_os("GW_CONF").map(PathBuf::from))
-        .unwrap_or_else(|| PathBuf::from("conf/dev.toml"));
-    let conf = master::absolute(&conf);
+    if args.command == "deploy-plan" {
+        return deploy::main(&args.rest);
+    }
+    let conf = master::absolute(&default_conf(args.conf.clone()));
     match args.command.as_str() {
         "start" => start(&conf, &args, apps),
         "stop" => stop(&conf, args.graceful),
@@ -106,6 +108,15 @@ pub fn main(apps: AppFactory) -> i32 {
             64
         }
     }
+}
+
+/// `--conf`, else `$GW_CONF`, else `conf/active.toml` (the link a deploy makes to the
+/// machine's conf) when it exists, else `conf/dev.toml`.
+fn default_conf(given: Option<PathBuf>) -> PathBuf {
+    given.or_else(|| std::env::var_os("GW_CONF").map(PathBuf::from)).unwrap_or_else(|| {
+        let active = PathBuf::from("conf/active.toml");
+        if active.exists() { active } else { PathBuf::from("conf/dev.toml") }
+    })
 }
 
 fn load(conf: &Path) -> Result<Config, i32> {
