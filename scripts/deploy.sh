@@ -87,6 +87,7 @@ for i in "${!hosts[@]}"; do
       rest_hosts=("${names[@]:$i}")
       {
         echo "deploy: host $name (step $step) failed (exit $code)"
+        [ "$step" != update ] || echo "deploy: is revision $sha pushed to $remote, and the clone at $path clean?"
         echo "deploy: hosts deployed: ${done_hosts[*]:-none}"
         echo "deploy: hosts not yet deployed: ${rest_hosts[*]}"
       } >&2
