@@ -43,13 +43,25 @@ send_to_gateway_buffer_size = 134217728
 CONF
 (cd "$work" && GW_ENV_FILE=none exec "$bin" start -q --conf "$work/autobahn.toml" >"$work/server.log" 2>&1) &
 server=$!
+# Wait (poll, 20 s at most) until every process is up; `status` prints nothing until the
+# master has written its pid file and stats.
+ready=0
 for _ in $(seq 1 200); do
   if GW_ENV_FILE=none "$bin" status --json --conf "$work/autobahn.toml" 2>/dev/null \
-      | python3 -c 'import json,sys; p=json.load(sys.stdin)["processes"]; sys.exit(0 if len(p)>=5 and all(x["state"]=="idle" for x in p) else 1)'; then
+      | python3 -c 'import json,sys
+try: p=json.load(sys.stdin)["processes"]
+except ValueError: sys.exit(1)
+sys.exit(0 if len(p)>=5 and all(x["state"]=="idle" for x in p) else 1)'; then
+    ready=1
     break
   fi
   sleep 0.1
 done
+if [ "$ready" != 1 ]; then
+  echo "autobahn: the server did not come up within 20 s; server log:"
+  tail -40 "$work/server.log"
+  exit 1
+fi
 rc=0
 AUTOBAHN_AGENT=gatewayworker-ws AUTOBAHN_REPORT="${AUTOBAHN_REPORT_WS:-$work/report-ws}" \
   scripts/autobahn/run.sh "ws://127.0.0.1:$ws_port" || rc=1
