@@ -92,8 +92,7 @@ impl Gateway {
                 self.listeners.inner_unix.accept().map(|(s, _)| (Io::Unix(s), "unix".to_string()))
             } else {
                 self.listeners.inner_tcp.accept().map(|(s, a)| {
-                    let _ = s.set_nodelay(true);
-                    crate::net::watch_peer(&s);
+                    crate::net::inner_link_options(&s);
                     (Io::Tcp(s), a.to_string())
                 })
             };

@@ -16,14 +16,16 @@ const KEEPALIVE: Duration = Duration::from_secs(5);
 /// Unacknowledged data or unanswered probes for this long close an inner link.
 const PEER_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Make a TCP link between machines (a worker's link to a gateway, a register link, a
-/// gateway's inner connection) notice a peer host that vanished without a FIN or a reset
-/// (power or cable cut, deleted VM). Without this the kernel retransmits for about 15
-/// minutes while the clients routed to that peer get no answer; with it the link closes
-/// within about `PEER_TIMEOUT` and is routed around (or redialled). A working LAN
-/// acknowledges in well under a millisecond, so 10 s of silence means the peer is gone.
-pub fn watch_peer(stream: &impl AsFd) {
+/// Socket options of a TCP link between processes (a worker's link to a gateway, a register
+/// link, a gateway's inner connection): no Nagle delay, and notice a peer host that vanished
+/// without a FIN or a reset (power or cable cut, deleted VM). Without keepalive probes and a
+/// user timeout the kernel retransmits for about 15 minutes while the clients routed to that
+/// peer get no answer; with them the link closes within about `PEER_TIMEOUT` and is routed
+/// around (or redialled). A working LAN acknowledges in well under a millisecond, so 10 s of
+/// silence means the peer is gone.
+pub fn inner_link_options(stream: &impl AsFd) {
     let s = socket2::SockRef::from(stream);
+    let _ = s.set_tcp_nodelay(true);
     let probes = socket2::TcpKeepalive::new().with_time(KEEPALIVE).with_interval(KEEPALIVE);
     let _ = s.set_tcp_keepalive(&probes);
     let _ = s.set_tcp_user_timeout(Some(PEER_TIMEOUT));

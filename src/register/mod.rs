@@ -111,8 +111,7 @@ impl Register {
         loop {
             match self.listener.accept() {
                 Ok((stream, peer)) => {
-                    let _ = stream.set_nodelay(true);
-                    crate::net::watch_peer(&stream);
+                    crate::net::inner_link_options(&stream);
                     let entry = self.conns.vacant_entry();
                     let key = entry.key();
                     let mut io = Io::Tcp(stream);

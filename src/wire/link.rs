@@ -87,8 +87,7 @@ impl Link {
         let mut io = match &self.target {
             Target::Tcp(a) => {
                 let s = TcpStream::connect(*a)?;
-                let _ = s.set_nodelay(true);
-                crate::net::watch_peer(&s);
+                crate::net::inner_link_options(&s);
                 Io::Tcp(s)
             }
             Target::Unix(p) => Io::Unix(UnixStream::connect(p)?),
