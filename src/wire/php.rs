@@ -333,17 +333,28 @@ pub fn array_replace_recursive(base: &mut Array, replacement: &Array) {
     }
 }
 
+/// Short constructors for the tests of this module and its submodules.
 #[cfg(test)]
-mod tests {
-    use super::*;
+mod build {
+    use super::{Key, Value};
 
-    fn s(t: &str) -> Value {
+    pub fn arr(pairs: Vec<(Key, Value)>) -> Value {
+        Value::Array(pairs.into_iter().collect())
+    }
+
+    pub fn s(t: &str) -> Value {
         Value::from(t)
     }
 
-    fn k(t: &str) -> Key {
+    pub fn k(t: &str) -> Key {
         Key::from_text(t)
     }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::build::{k, s};
+    use super::*;
 
     #[test]
     fn key_normalisation() {

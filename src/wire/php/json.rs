@@ -102,19 +102,8 @@ fn push_u_escape(u: u16, out: &mut Vec<u8>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::wire::php::build::{arr, k, s};
     use crate::wire::php::{Array, Key};
-
-    fn arr(pairs: Vec<(Key, Value)>) -> Value {
-        Value::Array(pairs.into_iter().collect())
-    }
-
-    fn s(t: &str) -> Value {
-        Value::from(t)
-    }
-
-    fn k(t: &str) -> Key {
-        Key::from_text(t)
-    }
 
     #[test]
     fn json_forms() {

@@ -331,19 +331,8 @@ fn is_php_number(t: &[u8]) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::wire::php::build::{arr, k, s};
     use crate::wire::php::{Array, Key, Value};
-
-    fn arr(pairs: Vec<(Key, Value)>) -> Value {
-        Value::Array(pairs.into_iter().collect())
-    }
-
-    fn s(t: &str) -> Value {
-        Value::from(t)
-    }
-
-    fn k(t: &str) -> Key {
-        Key::from_text(t)
-    }
 
     fn sample() -> Value {
         let inner = arr(vec![(k("name"), s("Zoë")), (Key::Int(0), Value::Float(0.75))]);
