@@ -257,6 +257,18 @@ fn master(gateways: Vec<Gw>) -> Spec {
     spec
 }
 
+/// A master with a text gateway and a websocket gateway (as in the captures), and a worker
+/// link to each.
+fn text_and_websocket_gateways() -> (Cluster, [Ours; 2], [Link; 2]) {
+    let c = Cluster::start(master(vec![Gw::new("text", 1), Gw::new("websocket", 1)]));
+    let ours = [0, 1].map(|i| Ours { inner: c.spec.gateways[i].start_port, public: c.spec.gateways[i].port });
+    let links = [
+        Link::worker("127.0.0.1", ours[0].inner, "text"),
+        Link::worker("127.0.0.1", ours[1].inner, "websocket"),
+    ];
+    (c, ours, links)
+}
+
 // ----- queries.jsonl ---------------------------------------------------------------------
 
 /// Send `request` (plus the probe unless the gateway is expected to close) on a fresh inner
@@ -389,13 +401,7 @@ fn gateway_effects_replay_against_our_gateway() {
     let ws_request = hex_field(hs, "client_request_hex");
     let ws_response = hs["client_received"][0]["handshake_response"].as_str().unwrap().as_bytes().to_vec();
 
-    let c = Cluster::start(master(vec![Gw::new("text", 1), Gw::new("websocket", 1)]));
-    let ours: Vec<Ours> =
-        c.spec.gateways.iter().map(|g| Ours { inner: g.start_port, public: g.port }).collect();
-    let mut links = [
-        Link::worker("127.0.0.1", ours[0].inner, "text"),
-        Link::worker("127.0.0.1", ours[1].inner, "websocket"),
-    ];
+    let (c, ours, mut links) = text_and_websocket_gateways();
     let mut r = Report::default();
 
     // A(1) B(2) C(3) on the text gateway, D(1) E(2) on the websocket gateway.
@@ -584,13 +590,7 @@ fn gateway_to_worker_replay_against_our_gateway() {
     // Both captured handshakes use the RFC 6455 sample key, as this one does.
     let ws_response = hs["client_received"][0]["handshake_response"].as_str().unwrap().as_bytes().to_vec();
 
-    let c = Cluster::start(master(vec![Gw::new("text", 1), Gw::new("websocket", 1)]));
-    let ours: Vec<Ours> =
-        c.spec.gateways.iter().map(|g| Ours { inner: g.start_port, public: g.port }).collect();
-    let mut links = [
-        Link::worker("127.0.0.1", ours[0].inner, "text"),
-        Link::worker("127.0.0.1", ours[1].inner, "websocket"),
-    ];
+    let (c, ours, mut links) = text_and_websocket_gateways();
     let mut r = Report::default();
     // The current client of each gateway and its source port.
     let mut current: Vec<Option<(TcpStream, u16)>> = vec![None, None];
