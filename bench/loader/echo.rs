@@ -13,7 +13,7 @@ use serde_json::{Value, json};
 
 use crate::codec::{parse_payload, write_payload};
 use crate::hist::Histogram;
-use crate::net::Event;
+use crate::net::{Event, Net};
 use crate::run::{self, Ctx, ServerWatch, Window, WindowResult, open_all};
 
 #[derive(Clone, Copy, Default)]
@@ -23,6 +23,21 @@ struct Peer {
     sent: u64,
     /// The sequence number the next reply should carry.
     next: u64,
+}
+
+impl Peer {
+    /// Send the next message, stamped `ts_us`; false when the connection is gone or its
+    /// send failed.
+    fn send(&mut self, net: &mut Net, payload: &mut Vec<u8>, ts_us: u64, size: usize) -> bool {
+        let Some(key) = self.key else { return false };
+        payload.clear();
+        write_payload(payload, self.sent, ts_us, size);
+        if !net.send(key, payload) {
+            return false;
+        }
+        self.sent += 1;
+        true
+    }
 }
 
 #[derive(Default)]
@@ -94,17 +109,10 @@ pub fn run(ctx: &mut Ctx) -> Result<Value, String> {
                 let tag = senders[(k % n as u64) as usize];
                 let p = &mut peers[tag];
                 k += 1;
-                let Some(key) = p.key else {
-                    err.send_failed += 1;
-                    continue;
-                };
-                payload.clear();
-                write_payload(&mut payload, p.sent, ctx.clock.us(at), o.size);
-                if !ctx.net.send(key, &payload) {
+                if !p.send(&mut ctx.net, &mut payload, ctx.clock.us(at), o.size) {
                     err.send_failed += 1;
                     continue;
                 }
-                p.sent += 1;
                 sent += 1;
                 second_sent += 1;
                 if at >= win_start {
@@ -116,14 +124,14 @@ pub fn run(ctx: &mut Ctx) -> Result<Value, String> {
             let ts = ctx.clock.us(now);
             for tag in ready.drain(..) {
                 let p = &mut peers[tag];
-                let Some(key) = p.key else { continue };
-                payload.clear();
-                write_payload(&mut payload, p.sent, ts, o.size);
-                if !ctx.net.send(key, &payload) {
+                // A connection closed meanwhile was counted when it closed.
+                if p.key.is_none() {
+                    continue;
+                }
+                if !p.send(&mut ctx.net, &mut payload, ts, o.size) {
                     err.send_failed += 1;
                     continue;
                 }
-                p.sent += 1;
                 sent += 1;
                 second_sent += 1;
                 if now >= win_start {
