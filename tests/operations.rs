@@ -211,10 +211,13 @@ fn reload_runs_the_new_binary() {
     let v2 = examples.join("reload_v2");
     if !v2.exists() {
         // `cargo test` builds the examples; a filtered run (`--test operations`) does not.
-        let st = std::process::Command::new(env!("CARGO"))
-            .args(["build", "--example", "reload_v2"])
-            .status()
-            .unwrap();
+        // Into the directory of this test's binary: the release one under `--release`.
+        let mut build = std::process::Command::new(env!("CARGO"));
+        build.args(["build", "--example", "reload_v2"]);
+        if !cfg!(debug_assertions) {
+            build.arg("--release");
+        }
+        let st = build.status().unwrap();
         assert!(st.success(), "cargo build --example reload_v2");
     }
     let dir = std::env::temp_dir().join(format!("gw-bin-{}", std::process::id()));
