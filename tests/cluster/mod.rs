@@ -19,6 +19,30 @@ pub const BIN: &str = env!("CARGO_BIN_EXE_gatewayworker");
 /// How long anything may take before a test fails.
 pub const DEADLINE: Duration = Duration::from_secs(20);
 
+/// `cmd` (the binary, or a wrapper that runs it) set up to act on the conf `conf` from `dir`,
+/// with `.env` ignored; `--conf` follows the arguments given here.
+pub fn on_conf(mut cmd: Command, args: &[&str], conf: &Path, dir: &Path) -> Command {
+    cmd.args(args).arg("--conf").arg(conf).current_dir(dir).env("GW_ENV_FILE", "none");
+    cmd
+}
+
+/// A foreground master from `cmd` (see `on_conf`), its output into `log`.
+pub fn spawn_master(cmd: Command, conf: &Path, dir: &Path, log: std::fs::File) -> Child {
+    on_conf(cmd, &["start"], conf, dir)
+        .stdin(Stdio::null())
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .spawn()
+        .unwrap()
+}
+
+/// Foreground output (`out.log`) plus the daemon's log file of a run in `dir`.
+pub fn run_log(dir: &Path) -> String {
+    let mut s = std::fs::read_to_string(dir.join("out.log")).unwrap_or_default();
+    s += &std::fs::read_to_string(dir.join("run/gatewayworker.log")).unwrap_or_default();
+    s
+}
+
 static SEQ: AtomicUsize = AtomicUsize::new(0);
 
 /// Next candidate port. Test ports come from below the kernel's ephemeral range (32768 and
@@ -203,16 +227,7 @@ impl Cluster {
             self.master = Some(Master::Daemon(self.pid_file().expect("pid file after start -d")));
         } else {
             let log = std::fs::File::create(self.dir.join("out.log")).unwrap();
-            let child = Command::new(&self.spec.bin)
-                .args(["start", "--conf"])
-                .arg(&self.conf)
-                .current_dir(&self.dir)
-                .env("GW_ENV_FILE", "none")
-                .stdin(Stdio::null())
-                .stdout(log.try_clone().unwrap())
-                .stderr(log)
-                .spawn()
-                .unwrap();
+            let child = spawn_master(Command::new(&self.spec.bin), &self.conf, &self.dir, log);
             self.master = Some(Master::Child(child));
         }
         self.wait_ready();
@@ -288,9 +303,7 @@ impl Cluster {
 
     /// Foreground output plus the daemon's log file.
     pub fn log(&self) -> String {
-        let mut s = std::fs::read_to_string(self.dir.join("out.log")).unwrap_or_default();
-        s += &std::fs::read_to_string(self.dir.join("run/gatewayworker.log")).unwrap_or_default();
-        s
+        run_log(&self.dir)
     }
 
     /// Wait until the log contains `needle`.
@@ -299,14 +312,7 @@ impl Cluster {
     }
 
     pub fn run_cli(&self, args: &[&str]) -> std::process::Output {
-        Command::new(&self.spec.bin)
-            .args(args)
-            .arg("--conf")
-            .arg(&self.conf)
-            .current_dir(&self.dir)
-            .env("GW_ENV_FILE", "none")
-            .output()
-            .unwrap()
+        on_conf(Command::new(&self.spec.bin), args, &self.conf, &self.dir).output().unwrap()
     }
 
     pub fn ws(&self, gw: usize) -> Ws {

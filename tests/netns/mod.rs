@@ -18,7 +18,7 @@ use std::ffi::OsStr;
 use std::io::{BufRead, BufReader, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Child, Command, Output};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -28,7 +28,7 @@ use gatewayworker::stats::{Role, Shm, State, table};
 use serde_json::{Value as Json, json};
 use tungstenite::Message;
 
-use crate::cluster::{BIN, Ws};
+use crate::cluster::{BIN, Ws, on_conf, run_log, spawn_master};
 
 /// Prefix of every namespace these tests create: `gwt-<pid>-<seq>-<host>`.
 const NS_PREFIX: &str = "gwt-";
@@ -413,18 +413,7 @@ impl Machine {
         let log =
             std::fs::OpenOptions::new().create(true).append(true).open(self.dir.join("out.log")).unwrap();
         // `ip netns exec` execs the program: the child is the master itself.
-        let child = self
-            .host
-            .command(BIN)
-            .args(["start", "--conf"])
-            .arg(&self.conf_path)
-            .current_dir(&self.dir)
-            .env("GW_ENV_FILE", "none")
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .unwrap();
+        let child = spawn_master(self.host.command(BIN), &self.conf_path, &self.dir, log);
         self.master = Some(child);
         self.wait_ready();
     }
@@ -469,15 +458,7 @@ impl Machine {
 
     /// Run a command of the CLI inside the host.
     pub fn cli(&self, args: &[&str]) -> Output {
-        self.host
-            .command(BIN)
-            .args(args)
-            .arg("--conf")
-            .arg(&self.conf_path)
-            .current_dir(&self.dir)
-            .env("GW_ENV_FILE", "none")
-            .output()
-            .unwrap()
+        on_conf(self.host.command(BIN), args, &self.conf_path, &self.dir).output().unwrap()
     }
 
     /// The inner links listed by `connections`: (transport, local, foreign) of each
@@ -495,9 +476,7 @@ impl Machine {
     }
 
     pub fn log(&self) -> String {
-        let mut s = std::fs::read_to_string(self.dir.join("out.log")).unwrap_or_default();
-        s += &std::fs::read_to_string(self.dir.join("run/gatewayworker.log")).unwrap_or_default();
-        s
+        run_log(&self.dir)
     }
 
     /// The machine dies: SIGKILL to the master takes every child with it (they get SIGKILL
