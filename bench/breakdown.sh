@@ -17,20 +17,6 @@ bench_setup
 file=$OUT/breakdown-$STAMP.jsonl
 secs=${BD_SECONDS:-4}
 
-# Sum over the tree of PID: "utime_ticks stime_ticks ctx_switches".
-tree_counters() {
-    local p f u=0 s=0 c=0 v
-    for p in $(tree_pids "$1"); do
-        f=$(cat "/proc/$p/stat" 2>/dev/null) || continue
-        f=${f##*) }
-        set -- $f
-        u=$((u + ${12})) s=$((s + ${13}))
-        v=$(awk '/ctxt_switches:/ { n += $2 } END { print n + 0 }' "/proc/$p/status" 2>/dev/null)
-        c=$((c + ${v:-0}))
-    done
-    echo "$u $s $c"
-}
-
 for t in $TARGETS; do
     target_start "$t" "$app" plain || { log "bench: $t skipped"; continue; }
     pids=$(tree_pids "$TARGET_PID" | paste -sd,)

@@ -78,17 +78,18 @@ tree_pids() {
         }'
 }
 
-# utime + stime of the whole tree of PID, in µs (from /proc/PID/stat).
-tree_cpu_us() {
-    local tck total=0 p f
-    tck=$(getconf CLK_TCK)
+# Counters of the whole tree of PID, from /proc: "utime_ticks stime_ticks ctx_switches".
+tree_counters() {
+    local p f u=0 s=0 c=0 v
     for p in $(tree_pids "$1"); do
         f=$(cat "/proc/$p/stat" 2>/dev/null) || continue
         f=${f##*) }
         set -- $f
-        total=$((total + ${12} + ${13}))
+        u=$((u + ${12})) s=$((s + ${13}))
+        v=$(awk '/ctxt_switches:/ { n += $2 } END { print n + 0 }' "/proc/$p/status" 2>/dev/null)
+        c=$((c + ${v:-0}))
     done
-    echo $((total * 1000000 / tck))
+    echo "$u $s $c"
 }
 
 # Resident set size of the tree of PID in KiB.
