@@ -1,0 +1,60 @@
+//! `GET /healthz` (the master and every process it should run are alive and turning their
+//! loops) and `GET /readyz` (every gateway listens and a business worker is linked to every
+//! gateway), for load balancers and Kubernetes probes. Both read the shared-memory statistics.
+
+use crate::config::{Config, MachineType};
+use crate::stats::table::Snapshot;
+use crate::stats::{Role, State, pid_alive};
+
+/// How many processes of each role this machine runs.
+fn expected(cfg: &Config) -> Vec<(Role, usize)> {
+    let mut out = Vec::new();
+    if cfg.machine_type != MachineType::Worker {
+        out.push((Role::Register, 1));
+        out.push((Role::Gateway, cfg.gateway_processes()));
+    }
+    if cfg.machine_type != MachineType::Master {
+        out.push((Role::Worker, cfg.worker.as_ref().map_or(0, |w| w.count as usize)));
+    }
+    out
+}
+
+/// `Ok(summary)` when healthy, else the reason.
+pub fn health(cfg: &Config, s: &Snapshot) -> Result<String, String> {
+    if !pid_alive(s.master_pid) {
+        return Err(format!("master (pid {}) is not running", s.master_pid));
+    }
+    if let Some(r) = s.rows.iter().find(|r| r.busy) {
+        return Err(format!(
+            "{} {}[{}] (pid {}) has not turned its loop for 3 s",
+            r.role.name(),
+            r.name,
+            r.id,
+            r.pid
+        ));
+    }
+    for (role, want) in expected(cfg) {
+        let alive = s.rows.iter().filter(|r| r.role == role).count();
+        if alive < want {
+            return Err(format!("{alive} of {want} {} processes alive", role.name()));
+        }
+    }
+    Ok(format!("ok: master pid {} and {} processes alive", s.master_pid, s.rows.len().saturating_sub(1)))
+}
+
+/// `Ok(summary)` when ready to take clients, else the reason.
+pub fn ready(cfg: &Config, s: &Snapshot) -> Result<String, String> {
+    health(cfg, s)?;
+    let serving = |role: Role| s.rows.iter().filter(|r| r.role == role && r.state == State::Ready).count();
+    if cfg.machine_type != MachineType::Worker {
+        let want = cfg.gateway_processes();
+        let listening = serving(Role::Gateway);
+        if listening < want {
+            return Err(format!("{listening} of {want} gateway processes listening"));
+        }
+    }
+    if cfg.machine_type != MachineType::Master && serving(Role::Worker) == 0 {
+        return Err("no business worker is linked to every gateway yet".into());
+    }
+    Ok("ready: gateways listening, business workers linked".into())
+}
