@@ -258,15 +258,13 @@ impl Server {
                 None => Response::error(503, "no_statistics", "the statistics file cannot be read"),
             }),
         };
-        match res {
-            Some(r) => {
-                if r.status >= 400 && r.status < 500 {
-                    Slot::bump(&self.stats.slot().bad_input);
-                }
-                self.conns[key].respond(&r, keep_alive);
-                self.arm(cx, key);
+        // `None`: a job, answered (maybe already) by `finish`.
+        if let Some(r) = res {
+            if r.status >= 400 && r.status < 500 {
+                Slot::bump(&self.stats.slot().bad_input);
             }
-            None => self.conns[key].busy = true,
+            self.conns[key].respond(&r, keep_alive);
+            self.arm(cx, key);
         }
     }
 
@@ -336,6 +334,8 @@ impl Server {
             timer: None,
         };
         let id = self.jobs.insert(job);
+        // Later requests on this connection wait for this one's answer.
+        self.conns[key].busy = true;
         let t = cx.after(self.conf.query_timeout, Timer::Job(id, self.serial));
         self.jobs[id].timer = Some(t);
         self.advance(cx, id);
