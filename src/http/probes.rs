@@ -34,7 +34,7 @@ pub fn health(cfg: &Config, s: &Snapshot) -> Result<String, String> {
         ));
     }
     for (role, want) in expected(cfg) {
-        let alive = s.rows.iter().filter(|r| r.role == role).count();
+        let alive = s.rows.iter().filter(|r| r.role == role && !exited(r.pid)).count();
         if alive < want {
             return Err(format!("{alive} of {want} {} processes alive", role.name()));
         }
@@ -44,8 +44,9 @@ pub fn health(cfg: &Config, s: &Snapshot) -> Result<String, String> {
 
 /// `Ok(summary)` when ready to take clients, else the reason.
 pub fn ready(cfg: &Config, s: &Snapshot) -> Result<String, String> {
-    health(cfg, s)?;
-    let serving = |role: Role| s.rows.iter().filter(|r| r.role == role && r.state == State::Ready).count();
+    let serving = |role: Role| {
+        s.rows.iter().filter(|r| r.role == role && r.state == State::Ready && !exited(r.pid)).count()
+    };
     if cfg.machine_type != MachineType::Worker {
         let want = cfg.gateway_processes();
         let listening = serving(Role::Gateway);
@@ -56,5 +57,15 @@ pub fn ready(cfg: &Config, s: &Snapshot) -> Result<String, String> {
     if cfg.machine_type != MachineType::Master && serving(Role::Worker) == 0 {
         return Err("no business worker is linked to every gateway yet".into());
     }
+    health(cfg, s)?;
     Ok("ready: gateways listening, business workers linked".into())
+}
+
+/// True for a process that has exited but is not reaped yet (a zombie still answers
+/// `kill(pid, 0)`, so the statistics reader counts it alive until the master reaps it).
+fn exited(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| s.rsplit_once(") ").map(|(_, rest)| rest.starts_with('Z')))
+        .unwrap_or(false)
 }

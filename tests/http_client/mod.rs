@@ -171,3 +171,18 @@ pub const POLL: Duration = Duration::from_millis(20);
 pub fn log(c: &Cluster) -> String {
     c.log()
 }
+
+/// The path of tool `name` on `PATH`. Missing: the test says so loudly and is skipped, except
+/// with `GW_REQUIRE_TOOLS=1` (as CI runs), where it fails.
+pub fn tool(name: &str, package: &str) -> Option<std::path::PathBuf> {
+    let found = std::env::var_os("PATH")
+        .and_then(|p| std::env::split_paths(&p).map(|d| d.join(name)).find(|f| f.is_file()));
+    if found.is_none() {
+        let msg = format!("`{name}` is not installed (apt-get install -y {package})");
+        if std::env::var("GW_REQUIRE_TOOLS").as_deref() == Ok("1") {
+            panic!("GW_REQUIRE_TOOLS=1 but {msg}");
+        }
+        eprintln!("\n*** SKIPPED: {msg} ***\n");
+    }
+    found
+}
