@@ -272,7 +272,11 @@ impl Server {
         if self.shm.is_none() {
             self.shm = Shm::open(&self.cfg.stats_path(), false).ok();
         }
-        self.shm.as_ref().map(table::snapshot)
+        // The master is our parent. (The header's pid is written before a daemon detaches,
+        // so it names the process that exited after the fork.)
+        // SAFETY: getppid has no preconditions.
+        let master = unsafe { libc::getppid() } as u32;
+        self.shm.as_ref().map(table::snapshot).map(|s| table::Snapshot { master_pid: master, ..s })
     }
 
     fn probe(&mut self, f: fn(&Config, &table::Snapshot) -> Result<String, String>) -> Response {
