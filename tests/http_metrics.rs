@@ -95,7 +95,7 @@ fn prometheus_scrapes_the_metrics_and_sees_the_clients() {
     ] {
         assert!(text.contains(&format!("# TYPE {name} ")), "{name} missing:\n{text}");
     }
-    let mut check = Command::new(promtool)
+    let mut check = Command::new(&promtool)
         .args(["check", "metrics"])
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
@@ -106,6 +106,8 @@ fn prometheus_scrapes_the_metrics_and_sees_the_clients() {
     let out = check.wait_with_output().unwrap();
     let said = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
     assert!(out.status.success() && said.trim().is_empty(), "promtool check metrics:\n{said}\n{text}");
+
+    check_grafana_dashboard(&promtool, &text, &c.dir);
 
     let mut p = Prometheus::start(&prometheus, &c.dir, h.port);
     wait_for("Prometheus to see 3 clients", || {
@@ -119,6 +121,40 @@ fn prometheus_scrapes_the_metrics_and_sees_the_clients() {
     assert_eq!(gateways, Some(2.0), "one series per gateway process");
     drop(p);
     c.stop();
+}
+
+/// `docs/grafana-dashboard.json`: every query parses (as a recording rule, by promtool) and
+/// every metric it names is exported.
+fn check_grafana_dashboard(promtool: &std::path::Path, metrics: &str, dir: &std::path::Path) {
+    let d: Json = serde_json::from_str(
+        &std::fs::read_to_string(cluster::repo_file("docs/grafana-dashboard.json")).unwrap(),
+    )
+    .unwrap();
+    let mut rules = String::from("groups:\n- name: dashboard\n  rules:\n");
+    for (i, t) in
+        d["panels"].as_array().unwrap().iter().flat_map(|p| p["targets"].as_array().unwrap()).enumerate()
+    {
+        let expr = t["expr"].as_str().unwrap().replace("$instance", ".*");
+        for name in expr
+            .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+            .filter(|w| w.starts_with("gatewayworker_"))
+        {
+            assert!(
+                metrics.contains(&format!("# TYPE {name} ")),
+                "the dashboard uses {name}, which is not exported"
+            );
+        }
+        rules += &format!("  - record: panel_{i}\n    expr: {}\n", Json::String(expr));
+    }
+    let file = dir.join("dashboard-rules.yml");
+    std::fs::write(&file, rules).unwrap();
+    let out = Command::new(promtool).args(["check", "rules"]).arg(&file).output().unwrap();
+    assert!(
+        out.status.success(),
+        "promtool check rules: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 #[test]
