@@ -264,12 +264,12 @@ fn register_io(r: &mut RegisterLink, ready: Ready) -> bool {
     if !ready.contains(Ready::READABLE) {
         return true;
     }
-    read_all(&mut r.io, &mut r.inb) && r.inb.len() <= 1 << 20
+    read_all(&mut r.io, &mut r.inb, 1 << 20) && r.inb.len() <= 1 << 20
 }
 
-/// Read until `WouldBlock`; false at EOF or on an error.
-fn read_all<R: Read>(io: &mut R, inb: &mut InBuf) -> bool {
-    loop {
+/// Read until `WouldBlock` or more than `cap` bytes are buffered; false at EOF or on an error.
+pub(super) fn read_all<R: Read>(io: &mut R, inb: &mut InBuf, cap: usize) -> bool {
+    while inb.len() <= cap {
         match inb.read_from(io, 64 * 1024) {
             Ok(0) => return false,
             Ok(_) => {}
@@ -278,11 +278,12 @@ fn read_all<R: Read>(io: &mut R, inb: &mut InBuf) -> bool {
             Err(_) => return false,
         }
     }
+    true
 }
 
 /// Read, then decode the replies; false when the link must close.
 fn read_replies(link: &mut Link, replies: &mut Vec<Reply>) -> bool {
-    let open = read_all(&mut link.io, &mut link.inb);
+    let open = read_all(&mut link.io, &mut link.inb, MAX_REPLY);
     decode_replies(&mut link.inb, &mut link.waiters, link.addr, replies) && open
 }
 

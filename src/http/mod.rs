@@ -184,27 +184,15 @@ impl Server {
         if !ready.contains(Ready::READABLE) {
             return;
         }
-        loop {
-            match c.inb.read_from(&mut c.io, 16 * 1024) {
-                Ok(0) => {
-                    c.closing = true;
-                    c.out.clear();
-                    return;
-                }
-                Ok(n) => Slot::add(&self.stats.slot().bytes_read, n as u64),
-                Err(e) if would_block(&e) => break,
-                Err(e) if interrupted(&e) => {}
-                Err(_) => {
-                    c.closing = true;
-                    c.out.clear();
-                    return;
-                }
-            }
-            if c.inb.len() > self.conf.max_header_size + self.conf.max_body_size {
-                break;
-            }
-        }
+        let before = c.inb.len();
+        let open =
+            cluster::read_all(&mut c.io, &mut c.inb, self.conf.max_header_size + self.conf.max_body_size);
+        Slot::add(&self.stats.slot().bytes_read, (c.inb.len() - before) as u64);
         self.process(cx, key);
+        if !open {
+            // The peer is gone or done sending: answer what it sent, then close.
+            self.conns[key].closing = true;
+        }
     }
 
     /// Handle every complete request received on `key`, in order, while none is waiting.
