@@ -312,3 +312,60 @@ fn a_public_listener_without_a_key_is_refused_at_start() {
     assert!(err.contains("GW_HTTP_API_KEY") && err.contains("c.toml") && err.contains("fix:"), "{err}");
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[test]
+fn curl_keep_alive_expect_continue_connection_limit_and_connections_list() {
+    let Some(curl) = http_client::tool("curl", "curl") else { return };
+    let (c, mut h) = start("curl", 1, vec![Gw::new("websocket", 1)], "max_connections = 3");
+    let mut ws = c.ws(0);
+    ws.id();
+    let url = format!("http://127.0.0.1:{}/api/", h.port);
+    let big = json!({"message": "y".repeat(5000)}).to_string();
+    let out = std::process::Command::new(&curl)
+        .args([
+            "-sv",
+            "-H",
+            &format!("Authorization: Bearer {KEY}"),
+            "-H",
+            "Expect: 100-continue",
+            "-d",
+            &big,
+        ])
+        .arg(format!("{url}send_to_all"))
+        .args(["--next", "-sv", "-H", &format!("Authorization: Bearer {KEY}"), "-d", "{}"])
+        .arg(format!("{url}get_all_client_count"))
+        .output()
+        .unwrap();
+    let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "{stderr}");
+    assert_eq!(stdout, r#"{"ok":true,"result":true}{"ok":true,"result":1}"#);
+    assert!(stderr.contains("100 Continue") && stderr.contains("Re-using existing connection"), "{stderr}");
+    assert_eq!(push(&mut ws).len(), 5000);
+
+    // Two more held connections fill max_connections = 3 (with `h`'s): a fourth waits.
+    let held: Vec<_> = (0..2).map(|_| Http::connect(h.port)).collect();
+    assert_eq!(h.get("/healthz").status, 200);
+    let mut fourth = Http::connect(h.port);
+    fourth.write_all(b"GET /healthz HTTP/1.1\r\n\r\n").unwrap();
+    fourth.set_read_timeout(Some(Duration::from_millis(300))).unwrap();
+    let mut b = [0u8; 1];
+    let e = fourth.read(&mut b).unwrap_err();
+    assert!(matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut), "{e}");
+    fourth.set_read_timeout(Some(cluster::DEADLINE)).unwrap();
+    drop(held);
+    assert_eq!(read_response(&mut fourth).unwrap().status, 200, "served once a slot freed");
+    let m = h.get("/metrics").text();
+    let hits = m
+        .lines()
+        .find(|l| l.contains("limit_hits_total{role=\"http\"") && l.contains("limit=\"connections\""))
+        .unwrap();
+    assert!(!hits.ends_with(" 0"), "{hits}");
+
+    let out = c.run_cli(&["connections"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("Http") && text.contains("GatewayProtocol") && !text.contains("no answer"),
+        "{text}"
+    );
+    c.stop();
+}

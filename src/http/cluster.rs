@@ -14,6 +14,7 @@ use slab::Slab;
 use crate::api::transport::{LocalGateways, MAX_REPLY, auth_packet};
 use crate::net::io::Io;
 use crate::reactor::{InBuf, OutBuf, Ready, interrupted, would_block};
+use crate::stats::conns::ConnInfo;
 use crate::wire::register::{parse_broadcast, worker_connect};
 
 /// Token of the register link.
@@ -42,6 +43,8 @@ struct Link {
     /// A TCP connect in progress: nothing is written before it completes.
     connecting: bool,
     waiters: VecDeque<Waiter>,
+    bytes_read: u64,
+    bytes_written: u64,
 }
 
 struct RegisterLink {
@@ -90,6 +93,44 @@ impl Cluster {
 
     pub fn has_register(&self) -> bool {
         self.register.is_some()
+    }
+
+    /// The links, for the `connections` command.
+    pub fn conn_infos(&self) -> Vec<ConnInfo> {
+        let mut out: Vec<ConnInfo> = self
+            .links
+            .iter()
+            .map(|(k, l)| {
+                let (local, remote) = crate::stats::conns::addrs(&l.io);
+                ConnInfo {
+                    id: (LINKS + k) as u64,
+                    protocol: "GatewayProtocol",
+                    transport: if matches!(l.io, Io::Unix(_)) { "unix" } else { "tcp" },
+                    recv_q: l.inb.len(),
+                    send_q: l.out.len(),
+                    bytes_read: l.bytes_read,
+                    bytes_written: l.bytes_written,
+                    state: if l.connecting { "CONNECTING" } else { "ESTABLISHED" },
+                    local,
+                    remote,
+                }
+            })
+            .collect();
+        if let Some(r) = &self.register {
+            let addr = |a: io::Result<SocketAddr>| a.map(|a| a.to_string()).unwrap_or_default();
+            out.push(ConnInfo {
+                id: REGISTER.0 as u64,
+                protocol: "Text",
+                transport: "tcp",
+                recv_q: r.inb.len(),
+                send_q: r.out.len(),
+                state: if r.connecting { "CONNECTING" } else { "ESTABLISHED" },
+                local: addr(r.io.local_addr()),
+                remote: addr(r.io.peer_addr()),
+                ..ConnInfo::default()
+            });
+        }
+        out
     }
 
     /// Dial the next register (no-op when one is linked).
@@ -191,6 +232,8 @@ impl Cluster {
             ready: Ready::EMPTY,
             connecting,
             waiters: VecDeque::new(),
+            bytes_read: 0,
+            bytes_written: 0,
         };
         link.io.register(reg, Token(LINKS + key))?;
         link.out.extend(&self.auth);
@@ -224,11 +267,13 @@ impl Cluster {
             if link.connecting || link.out.is_empty() {
                 continue;
             }
+            let before = link.out.len();
             match link.out.write_to(&mut link.io) {
                 Ok(()) => {}
                 Err(e) if would_block(&e) => link.ready.remove(Ready::WRITABLE),
                 Err(_) => failed.push(key),
             }
+            link.bytes_written += (before - link.out.len()) as u64;
         }
         for key in failed {
             self.fail(reg, key, replies, "write failed");
@@ -283,7 +328,9 @@ pub(super) fn read_all<R: Read>(io: &mut R, inb: &mut InBuf, cap: usize) -> bool
 
 /// Read, then decode the replies; false when the link must close.
 fn read_replies(link: &mut Link, replies: &mut Vec<Reply>) -> bool {
+    let before = link.inb.len();
     let open = read_all(&mut link.io, &mut link.inb, MAX_REPLY);
+    link.bytes_read += (link.inb.len() - before) as u64;
     decode_replies(&mut link.inb, &mut link.waiters, link.addr, replies) && open
 }
 

@@ -209,6 +209,8 @@ pub struct Conn {
     /// When the request being received started (its bytes must all arrive in time).
     pub request_started: Option<Instant>,
     pub timer: Option<TimerId>,
+    pub bytes_read: u64,
+    pub bytes_written: u64,
 }
 
 impl Conn {
@@ -224,6 +226,8 @@ impl Conn {
             closing: false,
             request_started: None,
             timer: None,
+            bytes_read: 0,
+            bytes_written: 0,
         }
     }
 

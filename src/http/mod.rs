@@ -24,6 +24,7 @@ use slab::Slab;
 use crate::api::transport::LocalGateways;
 use crate::config::{Config, HttpConf};
 use crate::reactor::{Ctx, Reactor, Ready, Service, TimerId, interrupted, would_block};
+use crate::stats::conns::ConnInfo;
 use crate::stats::{Shm, Slot, State, Stats, table, unix_millis};
 use api::{Call, CallError, Replies, Step};
 use cluster::{Cluster, Reply, Waiter};
@@ -187,7 +188,9 @@ impl Server {
         let before = c.inb.len();
         let open =
             cluster::read_all(&mut c.io, &mut c.inb, self.conf.max_header_size + self.conf.max_body_size);
-        Slot::add(&self.stats.slot().bytes_read, (c.inb.len() - before) as u64);
+        let n = (c.inb.len() - before) as u64;
+        c.bytes_read += n;
+        Slot::add(&self.stats.slot().bytes_read, n);
         self.process(cx, key);
         if !open {
             // The peer is gone or done sending: answer what it sent, then close.
@@ -454,6 +457,31 @@ impl Server {
         self.advance(cx, id);
     }
 
+    /// SIGIO: the `connections` command wants our list.
+    fn dump_connections(&self) {
+        let addr = |a: io::Result<std::net::SocketAddr>| a.map(|a| a.to_string()).unwrap_or_default();
+        let mut list: Vec<ConnInfo> = self
+            .conns
+            .iter()
+            .map(|(k, c)| ConnInfo {
+                id: k as u64 + 1,
+                protocol: "Http",
+                transport: "tcp",
+                recv_q: c.inb.len(),
+                send_q: c.out.len(),
+                bytes_read: c.bytes_read,
+                bytes_written: c.bytes_written,
+                state: if c.closing { "CLOSING" } else { "ESTABLISHED" },
+                local: addr(c.io.local_addr()),
+                remote: addr(c.io.peer_addr()),
+            })
+            .collect();
+        list.extend(self.cluster.conn_infos());
+        if let Err(e) = crate::stats::conns::dump(&self.cfg.run_dir, "Http", &list) {
+            warn!("http: cannot write the connection list: {e}");
+        }
+    }
+
     fn tick(&mut self, cx: &mut Ctx<'_, Timer>) {
         if let Some(s) = self.snapshot() {
             self.history.sample(&s, unix_millis());
@@ -479,7 +507,9 @@ impl Server {
                         c.closing = true;
                     }
                 }
-                Slot::add(&self.stats.slot().bytes_written, (before - c.out.len()) as u64);
+                let n = (before - c.out.len()) as u64;
+                c.bytes_written += n;
+                Slot::add(&self.stats.slot().bytes_written, n);
             }
             if c.closing && c.out.is_empty() && !c.busy {
                 gone.push(key);
@@ -549,6 +579,7 @@ impl Service for Server {
     fn on_signal(&mut self, _cx: &mut Ctx<'_, Timer>, signal: i32) {
         match signal {
             libc::SIGUSR1 | libc::SIGUSR2 => crate::cli::logger::reopen(),
+            libc::SIGIO => self.dump_connections(),
             s if crate::master::is_stop_signal(s) || s == libc::SIGQUIT => self.stop = true,
             _ => {}
         }
