@@ -247,6 +247,20 @@ fn bad_input_is_refused_and_does_nothing() {
     g.write_all(b"\x01\x02 nonsense\r\n\r\n").unwrap();
     assert_eq!(read_response(&mut g).unwrap().status, 400);
     assert_eq!(h.api("get_all_client_count", json!({})), json!(1));
+    // Pipelined requests beyond what one read takes in (max_header_size + max_body_size) are
+    // all answered, in order.
+    let body = format!("{{{}}}", " ".repeat(900));
+    let one = format!(
+        "POST /api/get_all_client_count HTTP/1.1\r\nAuthorization: Bearer {KEY}\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    let mut p = Http::connect(h.port);
+    p.write_all(one.repeat(40).as_bytes()).unwrap();
+    let mut buf = Vec::new();
+    for i in 0..40 {
+        let r = http_client::read_next(&mut p, &mut buf).unwrap_or_else(|| panic!("response {i} missing"));
+        assert_eq!(r.json()["result"], json!(1), "response {i}");
+    }
     c.stop();
 }
 

@@ -6,9 +6,12 @@
 use std::fmt::Write as _;
 use std::net::SocketAddrV4;
 
+use super::api::Step;
+use crate::api::transport::Pkt;
 use crate::config::{Config, MachineType};
 use crate::stats::table::{Row, Snapshot};
 use crate::stats::unix_millis;
+use crate::wire::packet::{cmd, flag};
 
 /// Names of the limit counters, in `Row::limits` order.
 pub const LIMITS: [&str; 7] =
@@ -26,6 +29,13 @@ pub fn local_gateways(cfg: &Config) -> Vec<(SocketAddrV4, String, u16)> {
         }
     }
     out
+}
+
+/// The query `/metrics` sends to the local gateways: their client count
+/// (`CMD_GET_CLIENT_COUNT_BY_GROUP` with no group, as `getAllClientIdCount` does).
+pub fn client_count_query(gws: &[(SocketAddrV4, String, u16)]) -> Step {
+    let p = Pkt::new(cmd::GET_CLIENT_COUNT_BY_GROUP, 0, flag::BODY_IS_SCALAR, b"", b"");
+    Step::Query { gateways: gws.iter().map(|g| g.0).collect(), packet: p.to_vec() }
 }
 
 fn escape(v: &str) -> String {

@@ -185,16 +185,30 @@ impl Server {
         if !ready.contains(Ready::READABLE) {
             return;
         }
-        let before = c.inb.len();
-        let open =
-            cluster::read_all(&mut c.io, &mut c.inb, self.conf.max_header_size + self.conf.max_body_size);
-        let n = (c.inb.len() - before) as u64;
-        c.bytes_read += n;
-        Slot::add(&self.stats.slot().bytes_read, n);
-        self.process(cx, key);
-        if !open {
-            // The peer is gone or done sending: answer what it sent, then close.
-            self.conns[key].closing = true;
+        self.read_and_process(cx, key);
+    }
+
+    /// Read what `key` sent (up to one largest request at a time) and handle it; reads again
+    /// while it stopped at that cap and handling made room.
+    fn read_and_process(&mut self, cx: &mut Ctx<'_, Timer>, key: usize) {
+        let cap = self.conf.max_header_size + self.conf.max_body_size;
+        loop {
+            let Some(c) = self.conns.get_mut(key) else { return };
+            let before = c.inb.len();
+            let open = cluster::read_all(&mut c.io, &mut c.inb, cap);
+            let n = (c.inb.len() - before) as u64;
+            c.bytes_read += n;
+            Slot::add(&self.stats.slot().bytes_read, n);
+            let capped = open && c.inb.len() > cap;
+            self.process(cx, key);
+            let c = &mut self.conns[key];
+            if !open {
+                // The peer is gone or done sending: answer what it sent, then close.
+                c.closing = true;
+            }
+            if !capped || c.busy || c.closing {
+                return;
+            }
         }
     }
 
@@ -344,16 +358,7 @@ impl Server {
             job.parked = false;
             let step = match &job.work {
                 Work::Api(call) => api::step(call, self.cluster.gateways.as_deref(), &job.answers),
-                Work::Metrics(gws) if job.answers.is_empty() => {
-                    let p = crate::api::transport::Pkt::new(
-                        crate::wire::packet::cmd::GET_CLIENT_COUNT_BY_GROUP,
-                        0,
-                        crate::wire::packet::flag::BODY_IS_SCALAR,
-                        b"",
-                        b"",
-                    );
-                    Step::Query { gateways: gws.iter().map(|g| g.0).collect(), packet: p.to_vec() }
-                }
+                Work::Metrics(gws) if job.answers.is_empty() => metrics::client_count_query(gws),
                 Work::Metrics(_) => Step::Done { result: Ok(serde_json::Value::Null), sends: Vec::new() },
             };
             match step {
@@ -403,7 +408,7 @@ impl Server {
         let Some(c) = self.conns.get_mut(job.conn).filter(|c| c.serial == job.conn_serial) else { return };
         c.respond(&r, job.keep_alive);
         self.arm(cx, job.conn);
-        self.process(cx, job.conn);
+        self.read_and_process(cx, job.conn);
     }
 
     fn metrics_response(

@@ -35,12 +35,17 @@ impl Resp {
 
 /// Read one response from `s` (`None` when the server closed before a complete one).
 pub fn read_response(s: &mut TcpStream) -> Option<Resp> {
-    let mut buf = Vec::new();
+    read_next(s, &mut Vec::new())
+}
+
+/// Read the next response from `s`, `buf` holding what was received and not parsed yet
+/// (pipelined responses).
+pub fn read_next(s: &mut TcpStream, buf: &mut Vec<u8>) -> Option<Resp> {
     let mut chunk = [0u8; 16 * 1024];
     loop {
         let mut headers = [httparse::EMPTY_HEADER; 32];
         let mut r = httparse::Response::new(&mut headers);
-        if let Ok(httparse::Status::Complete(n)) = r.parse(&buf) {
+        if let Ok(httparse::Status::Complete(n)) = r.parse(buf) {
             let status = r.code.unwrap();
             let headers: Vec<(String, String)> = r
                 .headers
@@ -62,13 +67,15 @@ pub fn read_response(s: &mut TcpStream) -> Option<Resp> {
                 }
                 buf.extend_from_slice(&chunk[..got]);
             }
-            return Some(Resp { status, headers, body: buf[n..n + len].to_vec() });
+            let body = buf[n..n + len].to_vec();
+            buf.drain(..n + len);
+            return Some(Resp { status, headers, body });
         }
         match s.read(&mut chunk) {
             Ok(0) => return None,
             Ok(got) => buf.extend_from_slice(&chunk[..got]),
             Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
-                panic!("no response within the deadline (got {:?})", String::from_utf8_lossy(&buf))
+                panic!("no response within the deadline (got {:?})", String::from_utf8_lossy(buf))
             }
             Err(_) => return None,
         }
