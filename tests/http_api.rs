@@ -106,6 +106,16 @@ fn sends_reach_real_clients_with_exclusions_raw_and_binary() {
     wait_for("two clients gone", || (h.api("get_all_client_count", json!({})) == json!(3)).then_some(()));
     assert_eq!(h.api("is_online", json!({"client_id": id[2]})), json!(false));
     assert_eq!(h.api("is_online", json!({"client_id": id[0]})), json!(true));
+    // A client_id of a gateway nobody runs: the send fails as GatewayClient's would.
+    let gone = format!("7f000001{:04x}00000001", cluster::free_port());
+    let r = h.api_raw("send_to_client", &json!({"client_id": gone, "message": "x"}).to_string());
+    assert_eq!(
+        (r.status, r.json()["error"]["code"].as_str()),
+        (502, Some("gateway_unreachable")),
+        "{}",
+        r.text()
+    );
+    assert_eq!(h.api("is_online", json!({"client_id": gone})), json!(false));
     c.stop();
 }
 

@@ -3,8 +3,9 @@
 //! without blocking the reactor. The call is replayed over a recording transport: a run that
 //! needs a gateway query stops at it and returns the query; the server sends it on its
 //! non-blocking gateway links and runs the call again with the replies, until a run needs no
-//! new query. Only the sends of that final run are written. Every call makes at most one
-//! query, so a call runs at most twice.
+//! new query. The sends of that final run are written; once each is written (or its link
+//! failed) the call runs one last time with that knowledge, so a failed send is reported
+//! exactly where GatewayClient reports it. Every call makes at most one query.
 
 use std::net::SocketAddrV4;
 
@@ -135,9 +136,25 @@ pub enum Step {
     NeedGateways,
 }
 
-/// One run of `call`, given the cluster's gateway list and the replies to earlier queries.
-pub fn step(call: &Call, gateways: Option<&[SocketAddrV4]>, answers: &[Replies]) -> Step {
-    let t = Replay { gateways, answers, asked: 0, query: None, sends: Vec::new(), needs_gateways: false };
+/// One run of `call`, given the cluster's gateway list, the replies to earlier queries and,
+/// once its sends went out, whether each was written (`Transport::send` then fails for those
+/// that were not, and the call reports that as GatewayClient would).
+pub fn step(
+    call: &Call,
+    gateways: Option<&[SocketAddrV4]>,
+    answers: &[Replies],
+    written: Option<&[bool]>,
+) -> Step {
+    let t = Replay {
+        gateways,
+        answers,
+        asked: 0,
+        query: None,
+        sends: Vec::new(),
+        needs_gateways: false,
+        written,
+        sent: 0,
+    };
     let mut api = Api::new(t);
     let result = invoke(&mut api, call.name, &Args(&call.body));
     let t = api.t;
@@ -158,6 +175,8 @@ struct Replay<'a> {
     query: Option<(Vec<SocketAddrV4>, Vec<u8>)>,
     sends: Vec<(SocketAddrV4, Vec<u8>)>,
     needs_gateways: bool,
+    written: Option<&'a [bool]>,
+    sent: usize,
 }
 
 impl Transport for Replay<'_> {
@@ -173,6 +192,15 @@ impl Transport for Replay<'_> {
     }
 
     fn send(&mut self, gateway: SocketAddrV4, packet: Pkt<'_>) -> Result<(), ApiError> {
+        if let Some(written) = self.written {
+            let i = self.sent;
+            self.sent += 1;
+            if written.get(i).copied().unwrap_or(false) {
+                return Ok(());
+            }
+            let e = std::io::Error::other("the link to the gateway failed before the packet was written");
+            return Err(ApiError::Io(std::net::SocketAddr::V4(gateway), e));
+        }
         if self.query.is_none() {
             self.sends.push((gateway, packet.to_vec()));
         }
@@ -461,7 +489,7 @@ mod tests {
         let e = Call::parse("send_to_all", br#"{"mesage":"x"}"#).unwrap_err();
         assert!(e.message.contains("`mesage`"), "{e:?}");
         let call = Call::parse("send_to_client", br#"{"client_id":"zz","message":"x"}"#).unwrap();
-        match step(&call, Some(&[gw(1)]), &[]) {
+        match step(&call, Some(&[gw(1)]), &[], None) {
             Step::Done { result: Err(e), sends } => {
                 assert!(e.message.contains("`client_id`"), "{e:?}");
                 assert!(sends.is_empty());
@@ -470,20 +498,20 @@ mod tests {
         }
         let call = Call::parse("send_to_all", br#"{"message":"x","raw":"yes"}"#).unwrap();
         assert!(
-            matches!(step(&call, Some(&[gw(1)]), &[]), Step::Done { result: Err(e), .. } if e.message.contains("`raw`"))
+            matches!(step(&call, Some(&[gw(1)]), &[], None), Step::Done { result: Err(e), .. } if e.message.contains("`raw`"))
         );
     }
 
     #[test]
     fn a_query_runs_twice_and_sends_go_to_every_gateway() {
         let call = Call::parse("get_all_client_count", b"").unwrap();
-        assert!(matches!(step(&call, None, &[]), Step::NeedGateways));
+        assert!(matches!(step(&call, None, &[], None), Step::NeedGateways));
         let gws = [gw(2300), gw(2301)];
-        let Step::Query { gateways, packet } = step(&call, Some(&gws), &[]) else { panic!() };
+        let Step::Query { gateways, packet } = step(&call, Some(&gws), &[], None) else { panic!() };
         assert_eq!(gateways, gws);
         assert!(packet.len() >= crate::wire::packet::HEADER_LEN);
         let replies = vec![(gws[0], b"i:2;".to_vec()), (gws[1], b"i:3;".to_vec())];
-        match step(&call, Some(&gws), &[replies]) {
+        match step(&call, Some(&gws), &[replies], None) {
             Step::Done { result, sends } => {
                 assert_eq!(result, Ok(json!(5)));
                 assert!(sends.is_empty());
@@ -491,13 +519,37 @@ mod tests {
             other => panic!("{other:?}"),
         }
         let call = Call::parse("send_to_all", br#"{"message":"hi"}"#).unwrap();
-        match step(&call, Some(&gws), &[]) {
+        match step(&call, Some(&gws), &[], None) {
             Step::Done { result, sends } => {
                 assert_eq!(result, Ok(Json::Bool(true)));
                 assert_eq!(sends.iter().map(|(g, _)| *g).collect::<Vec<_>>(), gws);
             }
             other => panic!("{other:?}"),
         }
+    }
+
+    #[test]
+    fn unwritten_sends_fail_targeted_calls_only() {
+        let gws = [gw(2300), gw(2301)];
+        let id = crate::api::ClientId::new(0x7f00_0001, 2300, 1).to_string();
+        let call =
+            Call::parse("send_to_client", format!(r#"{{"client_id":"{id}","message":"m"}}"#).as_bytes())
+                .unwrap();
+        let Step::Done { sends, .. } = step(&call, Some(&gws), &[], None) else { panic!() };
+        assert_eq!(sends.len(), 1);
+        match step(&call, Some(&gws), &[], Some(&[false])) {
+            Step::Done { result: Err(e), sends } => {
+                assert!(e.code == "gateway_unreachable" && sends.is_empty(), "{e:?}")
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(step(&call, Some(&gws), &[], Some(&[true])), Step::Done { result: Ok(_), .. }));
+        // A broadcast ignores a gateway that could not be reached, as GatewayClient does.
+        let call = Call::parse("send_to_all", br#"{"message":"m"}"#).unwrap();
+        assert!(matches!(
+            step(&call, Some(&gws), &[], Some(&[true, false])),
+            Step::Done { result: Ok(_), .. }
+        ));
     }
 
     #[test]

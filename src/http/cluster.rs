@@ -22,15 +22,21 @@ pub const REGISTER: Token = Token(1 << 40);
 /// Gateway link `k` has token `LINKS + k`.
 pub const LINKS: usize = (1 << 40) + 1;
 
-/// Who waits for a reply: (pending request key, its serial).
-pub type Waiter = (usize, u64);
+/// Who waits: a job (key and serial) for a query's reply, or for a packet it sent to be
+/// written (`send`: the packet's index among the job's sends).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Waiter {
+    pub job: usize,
+    pub serial: u64,
+    pub send: Option<usize>,
+}
 
 /// A reply (or the loss of one) for a waiter.
 #[derive(Debug)]
 pub struct Reply {
     pub waiter: Waiter,
     pub gateway: SocketAddrV4,
-    /// `None`: the link failed before the reply came.
+    /// The reply to a query (empty for a written packet); `None`: the link failed first.
     pub payload: Option<Vec<u8>>,
 }
 
@@ -43,6 +49,10 @@ struct Link {
     /// A TCP connect in progress: nothing is written before it completes.
     connecting: bool,
     waiters: VecDeque<Waiter>,
+    /// Packets whose writer waits for them to be written: (end offset in `queued`, who).
+    acks: VecDeque<(u64, Waiter)>,
+    /// Bytes ever queued on this link.
+    queued: u64,
     bytes_read: u64,
     bytes_written: u64,
 }
@@ -192,7 +202,8 @@ impl Cluster {
         ok
     }
 
-    /// Queue `packet` for `gw` (opening the link if needed); `waiter` expects a reply.
+    /// Queue `packet` for `gw` (opening the link if needed). `waiter` expects the reply of a
+    /// query, or (with `send` set) to hear when the packet is written.
     pub fn send(
         &mut self,
         reg: &Registry,
@@ -206,8 +217,11 @@ impl Cluster {
         };
         let link = &mut self.links[key];
         link.out.extend(packet);
-        if let Some(w) = waiter {
-            link.waiters.push_back(w);
+        link.queued += packet.len() as u64;
+        match waiter {
+            Some(w) if w.send.is_some() => link.acks.push_back((link.queued, w)),
+            Some(w) => link.waiters.push_back(w),
+            None => {}
         }
         Ok(())
     }
@@ -232,6 +246,8 @@ impl Cluster {
             ready: Ready::EMPTY,
             connecting,
             waiters: VecDeque::new(),
+            acks: VecDeque::new(),
+            queued: self.auth.len() as u64,
             bytes_read: 0,
             bytes_written: 0,
         };
@@ -274,6 +290,11 @@ impl Cluster {
                 Err(_) => failed.push(key),
             }
             link.bytes_written += (before - link.out.len()) as u64;
+            while link.acks.front().is_some_and(|(end, _)| *end <= link.bytes_written) {
+                if let Some((_, waiter)) = link.acks.pop_front() {
+                    replies.push(Reply { waiter, gateway: link.addr, payload: Some(Vec::new()) });
+                }
+            }
         }
         for key in failed {
             self.fail(reg, key, replies, "write failed");
@@ -291,7 +312,8 @@ impl Cluster {
         if !link.waiters.is_empty() {
             log::warn!("http: link to gateway {} {why}; {} replies lost", link.addr, link.waiters.len());
         }
-        for waiter in link.waiters.drain(..) {
+        let acks = link.acks.drain(..).map(|(_, w)| w);
+        for waiter in link.waiters.drain(..).chain(acks) {
             replies.push(Reply { waiter, gateway: link.addr, payload: None });
         }
     }
@@ -378,7 +400,8 @@ mod tests {
         let gw: SocketAddrV4 = "127.0.0.1:2300".parse().unwrap();
         let mut src = Trickle { data, pos: 0, chunk: 3 };
         let mut inb = InBuf::default();
-        let mut waiters: VecDeque<Waiter> = [(1, 10), (2, 20), (3, 30)].into_iter().collect();
+        let w = |job: usize| Waiter { job, serial: job as u64 * 10, send: None };
+        let mut waiters: VecDeque<Waiter> = [w(1), w(2), w(3)].into_iter().collect();
         let mut replies = Vec::new();
         // One chunk per turn: a WouldBlock after every 3 bytes.
         while src.pos < src.data.len() {
@@ -387,16 +410,13 @@ mod tests {
         }
         let got: Vec<(Waiter, Vec<u8>)> =
             replies.into_iter().map(|r| (r.waiter, r.payload.unwrap())).collect();
-        assert_eq!(
-            got,
-            vec![((1, 10), b"i:1;".to_vec()), ((2, 20), b"a:0:{}".to_vec()), ((3, 30), Vec::new())]
-        );
+        assert_eq!(got, vec![(w(1), b"i:1;".to_vec()), (w(2), b"a:0:{}".to_vec()), (w(3), Vec::new())]);
         assert!(inb.is_empty() && waiters.is_empty());
         // A reply nobody asked for, or an absurd length, closes the link.
         inb.extend(&[0, 0, 0, 1, b'x']);
         assert!(!decode_replies(&mut inb, &mut waiters, gw, &mut Vec::new()));
         let mut inb = InBuf::default();
         inb.extend(&u32::MAX.to_be_bytes());
-        assert!(!decode_replies(&mut inb, &mut [(9, 9)].into_iter().collect(), gw, &mut Vec::new()));
+        assert!(!decode_replies(&mut inb, &mut [w(9)].into_iter().collect(), gw, &mut Vec::new()));
     }
 }

@@ -63,6 +63,11 @@ struct Job {
     got: Replies,
     /// Waiting for the first gateway list.
     parked: bool,
+    /// Per packet sent: was it written (`None` until every one is known).
+    written: Option<Vec<bool>>,
+    /// The packets sent, as known so far, and how many are still unknown.
+    writes: Vec<bool>,
+    unwritten: usize,
     timer: Option<TimerId>,
 }
 
@@ -340,6 +345,9 @@ impl Server {
             owed: Vec::new(),
             got: Vec::new(),
             parked: false,
+            written: None,
+            writes: Vec::new(),
+            unwritten: 0,
             timer: None,
         };
         let id = self.jobs.insert(job);
@@ -357,41 +365,78 @@ impl Server {
             let job = &mut self.jobs[id];
             job.parked = false;
             let step = match &job.work {
-                Work::Api(call) => api::step(call, self.cluster.gateways.as_deref(), &job.answers),
+                Work::Api(call) => {
+                    api::step(call, self.cluster.gateways.as_deref(), &job.answers, job.written.as_deref())
+                }
                 Work::Metrics(gws) if job.answers.is_empty() => metrics::client_count_query(gws),
                 Work::Metrics(_) => Step::Done { result: Ok(serde_json::Value::Null), sends: Vec::new() },
             };
-            match step {
+            let waiting = match step {
                 Step::NeedGateways => {
                     job.parked = true;
                     return;
                 }
-                Step::Query { gateways, packet } => {
-                    let waiter: Waiter = (id, job.serial);
-                    let mut owed = Vec::new();
-                    for gw in gateways {
-                        match self.cluster.send(cx.registry, gw, &packet, Some(waiter)) {
-                            Ok(()) => owed.push(gw),
-                            Err(e) => warn!("http: cannot reach gateway {gw}: {e}"),
-                        }
-                    }
-                    let job = &mut self.jobs[id];
-                    if !owed.is_empty() {
-                        job.owed = owed;
-                        return;
-                    }
-                    job.answers.push(Vec::new());
-                }
-                Step::Done { result, sends } => {
-                    for (gw, packet) in sends {
-                        if let Err(e) = self.cluster.send(cx.registry, gw, &packet, None) {
-                            warn!("http: cannot reach gateway {gw}: {e}");
-                        }
-                    }
-                    return self.finish(cx, id, result);
-                }
+                Step::Query { gateways, packet } => self.send_query(cx, id, gateways, &packet),
+                Step::Done { result, sends } if sends.is_empty() => return self.finish(cx, id, result),
+                Step::Done { sends, .. } => self.send_packets(cx, id, sends),
+            };
+            if waiting {
+                return;
             }
         }
+    }
+
+    /// Send a query to `gateways` for job `id`; false when none could be asked.
+    fn send_query(
+        &mut self,
+        cx: &mut Ctx<'_, Timer>,
+        id: usize,
+        gateways: Vec<SocketAddrV4>,
+        packet: &[u8],
+    ) -> bool {
+        let waiter = Waiter { job: id, serial: self.jobs[id].serial, send: None };
+        let mut owed = Vec::new();
+        for gw in gateways {
+            match self.cluster.send(cx.registry, gw, packet, Some(waiter)) {
+                Ok(()) => owed.push(gw),
+                Err(e) => warn!("http: cannot reach gateway {gw}: {e}"),
+            }
+        }
+        let job = &mut self.jobs[id];
+        if owed.is_empty() {
+            job.answers.push(Vec::new());
+            return false;
+        }
+        job.owed = owed;
+        true
+    }
+
+    /// Send the final run's packets; the job goes on once each is written or lost. False when
+    /// none could be queued.
+    fn send_packets(
+        &mut self,
+        cx: &mut Ctx<'_, Timer>,
+        id: usize,
+        sends: Vec<(SocketAddrV4, Vec<u8>)>,
+    ) -> bool {
+        let serial = self.jobs[id].serial;
+        let writes = vec![false; sends.len()];
+        let mut unwritten = 0;
+        for (i, (gw, packet)) in sends.into_iter().enumerate() {
+            let waiter = Waiter { job: id, serial, send: Some(i) };
+            match self.cluster.send(cx.registry, gw, &packet, Some(waiter)) {
+                Ok(()) => unwritten += 1,
+                Err(e) => warn!("http: cannot reach gateway {gw}: {e}"),
+            }
+        }
+        let job = &mut self.jobs[id];
+        job.unwritten = unwritten;
+        if unwritten == 0 {
+            job.written = Some(writes);
+            return false;
+        }
+        job.writes = writes;
+        true
     }
 
     /// Answer job `id` and forget it.
@@ -430,8 +475,20 @@ impl Server {
     }
 
     fn on_reply(&mut self, cx: &mut Ctx<'_, Timer>, r: Reply) {
-        let (id, serial) = r.waiter;
-        let Some(job) = self.jobs.get_mut(id).filter(|j| j.serial == serial) else { return };
+        let w = r.waiter;
+        let Some(job) = self.jobs.get_mut(w.job).filter(|j| j.serial == w.serial) else { return };
+        if let Some(i) = w.send {
+            if job.unwritten == 0 || job.written.is_some() {
+                return;
+            }
+            job.writes[i] = r.payload.is_some();
+            job.unwritten -= 1;
+            if job.unwritten == 0 {
+                job.written = Some(std::mem::take(&mut job.writes));
+                self.advance(cx, w.job);
+            }
+            return;
+        }
         let Some(pos) = job.owed.iter().position(|g| *g == r.gateway) else { return };
         job.owed.swap_remove(pos);
         if let Some(p) = r.payload {
@@ -440,7 +497,7 @@ impl Server {
         if job.owed.is_empty() {
             let got = std::mem::take(&mut job.got);
             job.answers.push(got);
-            self.advance(cx, id);
+            self.advance(cx, w.job);
         }
     }
 
@@ -452,6 +509,13 @@ impl Server {
         if job.parked {
             let e = CallError::new(503, "no_gateway", "no register answered with the gateway list in time");
             return self.finish(cx, id, Err(e));
+        }
+        if job.unwritten > 0 {
+            // Packets not written in time count as not sent.
+            warn!("http: {} packets not written to gateways within query_timeout", job.unwritten);
+            job.unwritten = 0;
+            job.written = Some(std::mem::take(&mut job.writes));
+            return self.advance(cx, id);
         }
         for gw in &job.owed {
             warn!("http: no reply from gateway {gw} within query_timeout");
