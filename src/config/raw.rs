@@ -197,14 +197,7 @@ fn build(top: &mut Sec<'_>, env: &[(String, String)]) -> Result<Config, ConfigEr
         }
         None => None,
     };
-    let http = match top.sub("http")? {
-        Some(mut s) => {
-            let h = http(&mut s, env)?;
-            s.finish()?;
-            Some(h)
-        }
-        None => None,
-    };
+    let http = http_section(top, env)?;
 
     let cfg = Config {
         file: top.file.to_path_buf(),
@@ -351,6 +344,13 @@ fn limits(l: &mut Sec<'_>) -> Result<GatewayLimits, ConfigError> {
         max_uid_len: l.int("max_uid_len", 256, 1, 1 << 20)? as usize,
         max_session_size: l.int("max_session_size", 1 << 20, 16, 1 << 30)? as usize,
     })
+}
+
+fn http_section(top: &mut Sec<'_>, env: &[(String, String)]) -> Result<Option<HttpConf>, ConfigError> {
+    let Some(mut s) = top.sub("http")? else { return Ok(None) };
+    let h = http(&mut s, env)?;
+    s.finish()?;
+    Ok(Some(h))
 }
 
 /// `[http]`: listener and limits; the API key comes from `.env` / the environment only.
