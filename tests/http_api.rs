@@ -11,7 +11,7 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use cluster::{BIN, Cluster, Gw, Spec, Text, Ws, wait_for};
-use http_client::{Http, http_port, http_section, read_response, wait_api};
+use http_client::{Http, read_response, start_with_http};
 use serde_json::{Value as Json, json};
 use tungstenite::Message;
 
@@ -29,15 +29,10 @@ fn keyed_bin(tag: &str) -> PathBuf {
 }
 
 fn start(tag: &str, workers: u16, gateways: Vec<Gw>, http_extra: &str) -> (Cluster, Http) {
-    let port = http_port();
     let mut spec = Spec::new("probe", workers, gateways);
     spec.secret = "s3cret".into();
-    spec.top = http_section(port, http_extra);
     spec.bin = keyed_bin(tag);
-    let c = Cluster::start(spec);
-    let mut h = Http::new(port, KEY);
-    wait_api(&mut h);
-    (c, h)
+    start_with_http(spec, http_extra, KEY)
 }
 
 /// The next text message of `ws` that is not a probe reply.

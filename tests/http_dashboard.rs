@@ -9,8 +9,8 @@ use std::collections::BTreeSet;
 use std::path::Path;
 use std::process::{Command, Stdio};
 
-use cluster::{Cluster, Gw, Spec, Ws, wait_for};
-use http_client::{Http, http_port, http_section, tool, wait_api};
+use cluster::{Gw, Spec, Ws, wait_for};
+use http_client::{start_with_http, tool};
 use serde_json::Value as Json;
 
 /// Run headless Chromium on `url` with extra `args`; returns stdout.
@@ -64,12 +64,8 @@ fn plotted_connections(dom: &str, pids: &[u32]) -> f64 {
 #[test]
 fn the_dashboard_lists_every_process_and_plots_connections() {
     let Some(bin) = tool("chromium", "chromium") else { return };
-    let port = http_port();
-    let mut spec = Spec::new("probe", 1, vec![Gw::new("websocket", 2)]);
-    spec.top = http_section(port, "");
-    let c = Cluster::start(spec);
-    let mut h = Http::new(port, "");
-    wait_api(&mut h);
+    let (c, mut h) = start_with_http(Spec::new("probe", 1, vec![Gw::new("websocket", 2)]), "", "");
+    let port = h.port;
     let page = h.get("/").text();
     assert!(
         !page.contains("<script src") && !page.contains("https://") && !page.contains("<link"),

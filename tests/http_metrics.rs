@@ -9,17 +9,11 @@ use std::io::Write;
 use std::process::{Child, Command, Stdio};
 
 use cluster::{Cluster, Gw, Spec, Ws, free_port, wait_for};
-use http_client::{Http, http_port, http_section, tool, wait_api, wait_ready_status};
+use http_client::{Http, start_with_http, tool, wait_ready_status};
 use serde_json::Value as Json;
 
 fn start(workers: u16) -> (Cluster, Http) {
-    let port = http_port();
-    let mut spec = Spec::new("probe", workers, vec![Gw::new("websocket", 2)]);
-    spec.top = http_section(port, "");
-    let c = Cluster::start(spec);
-    let mut h = Http::new(port, "");
-    wait_api(&mut h);
-    (c, h)
+    start_with_http(Spec::new("probe", workers, vec![Gw::new("websocket", 2)]), "", "")
 }
 
 /// A Prometheus server of our own, killed on drop.

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use serde_json::Value as Json;
 
-use super::cluster::{Cluster, DEADLINE, free_port, wait_for};
+use super::cluster::{Cluster, DEADLINE, Spec, free_port, wait_for};
 
 /// A parsed response.
 #[derive(Debug)]
@@ -153,6 +153,16 @@ pub fn http_section(port: u16, extra: &str) -> String {
 /// A free port for the HTTP listener.
 pub fn http_port() -> u16 {
     free_port()
+}
+
+/// Start `spec` with an `[http]` section (`extra` keys) and wait until its API answers.
+pub fn start_with_http(mut spec: Spec, extra: &str, key: &str) -> (Cluster, Http) {
+    let port = http_port();
+    spec.top = http_section(port, extra);
+    let c = Cluster::start(spec);
+    let mut h = Http::new(port, key);
+    wait_api(&mut h);
+    (c, h)
 }
 
 /// Wait until the HTTP process answers API calls (it has the gateway list).
