@@ -81,7 +81,7 @@ fn two_registers_one_dies_and_comes_back_and_no_client_notices() {
     c2.recv_where(|t| t == "from m1");
     c2.ok(json!({"op": "send_to_client", "id": id1, "msg": "from m2"}));
     c1.recv_where(|t| t == "from m2");
-    let mut gc = GatewayClient::new(&[&r1.to_string(), &r2.to_string()], "").unwrap();
+    let mut gc = GatewayClient::new(&[&r1.to_string(), &r2.to_string()], Conf::SECRET).unwrap();
     assert_eq!(gc.get_all_client_count().unwrap(), 2);
 
     // Steady traffic through m1's gateway during everything that follows.

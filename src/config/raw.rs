@@ -146,6 +146,7 @@ fn build(top: &mut Sec<'_>, env: &[(String, String)]) -> Result<Config, ConfigEr
     };
     let v = top.string("secret_key", Some(""))?;
     let secret_key = env_get(env, "GW_SECRET_KEY").map(str::to_string).unwrap_or(v);
+    let allow_empty_secret = top.bool("allow_empty_secret", false)?;
     let v = top.string("run_dir", Some("run"))?;
     let run_dir = PathBuf::from(env_get(env, "GW_RUN_DIR").map(str::to_string).unwrap_or(v));
     let pid_file = top.path("pid_file", &run_dir.join("gatewayworker.pid"))?;
@@ -197,7 +198,7 @@ fn build(top: &mut Sec<'_>, env: &[(String, String)]) -> Result<Config, ConfigEr
         None => None,
     };
 
-    let cfg = Config {
+    let mut cfg = Config {
         file: top.file.to_path_buf(),
         machine_type,
         lan_ip,
@@ -213,8 +214,11 @@ fn build(top: &mut Sec<'_>, env: &[(String, String)]) -> Result<Config, ConfigEr
         register,
         gateways,
         worker,
+        allow_empty_secret,
+        warnings: Vec::new(),
     };
     check_roles(&cfg, top)?;
+    super::secret::check(&mut cfg)?;
     Ok(cfg)
 }
 
