@@ -108,7 +108,7 @@ fn guarded(cfg: &Config) -> Vec<Guarded<'_>> {
     }
     if let Some(g) = cfg.gateways.first() {
         let inner = SocketAddr::new(IpAddr::V4(cfg.lan_ip), g.start_port);
-        out.push(secret("the gateway inner ports", inner, "lan_ip"));
+        out.push(secret("a gateway inner port", inner, "lan_ip"));
     }
     out
 }
