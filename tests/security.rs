@@ -9,7 +9,7 @@ use std::collections::{HashSet, VecDeque};
 use std::io::{ErrorKind, Read, Write};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, TcpStream};
 use std::path::PathBuf;
-use std::process::{Child, Command};
+use std::process::{Child, Command, ExitStatus};
 use std::time::{Duration, Instant};
 
 use cluster::{
@@ -46,28 +46,32 @@ impl Run {
         run_log(&self.dir)
     }
 
-    /// The exit code of a master that must stop on its own (a refused start).
-    fn exit_code(&mut self) -> i32 {
-        let until = Instant::now() + DEADLINE;
+    /// The master's exit status, or `None` while it still runs after `limit`.
+    fn exited_within(&mut self, limit: Duration) -> Option<ExitStatus> {
+        let until = Instant::now() + limit;
         loop {
-            if let Some(status) = self.master.try_wait().unwrap() {
-                return status.code().unwrap_or(-1);
+            let status = self.master.try_wait().unwrap();
+            if status.is_some() || Instant::now() >= until {
+                return status;
             }
-            assert!(Instant::now() < until, "the master did not exit; log:\n{}", self.log());
             std::thread::sleep(Duration::from_millis(10));
         }
+    }
+
+    /// The exit code of a master that must stop on its own (a refused start).
+    fn exit_code(&mut self) -> i32 {
+        let status = self.exited_within(DEADLINE);
+        status.unwrap_or_else(|| panic!("the master did not exit; log:\n{}", self.log())).code().unwrap_or(-1)
     }
 
     /// Wait until `procs` processes besides the master report ready (workers: linked).
     fn wait_ready(&mut self, procs: usize) {
         let stats = self.dir.join("run/gatewayworker.stats");
         wait_for("every process ready", || {
-            if let Some(status) = self.master.try_wait().unwrap() {
-                panic!("master exited ({status}); log:\n{}", self.log());
-            }
-            let s = table::snapshot(&Shm::open(&stats, false).ok()?);
-            let rows: Vec<_> = s.rows.iter().filter(|r| r.role != Role::Master).collect();
-            (rows.len() == procs && rows.iter().all(|r| r.state == State::Ready)).then_some(())
+            assert!(self.master.try_wait().unwrap().is_none(), "master exited; log:\n{}", self.log());
+            let rows = table::snapshot(&Shm::open(&stats, false).ok()?).rows;
+            let ready = rows.iter().filter(|r| r.role != Role::Master && r.state == State::Ready).count();
+            (ready == procs).then_some(())
         });
     }
 
@@ -81,12 +85,10 @@ impl Drop for Run {
     fn drop(&mut self) {
         if self.master.try_wait().unwrap().is_none() {
             unsafe { libc::kill(self.master.id() as i32, libc::SIGINT) };
-            let until = Instant::now() + Duration::from_secs(10);
-            while self.master.try_wait().unwrap().is_none() && Instant::now() < until {
-                std::thread::sleep(Duration::from_millis(10));
+            if self.exited_within(Duration::from_secs(10)).is_none() {
+                let _ = self.master.kill();
+                let _ = self.master.wait();
             }
-            let _ = self.master.kill();
-            let _ = self.master.wait();
         }
         if std::thread::panicking() {
             eprintln!("log ({}):\n{}", self.dir.display(), self.log());
