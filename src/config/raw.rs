@@ -146,7 +146,6 @@ fn build(top: &mut Sec<'_>, env: &[(String, String)]) -> Result<Config, ConfigEr
     };
     let v = top.string("secret_key", Some(""))?;
     let secret_key = env_get(env, "GW_SECRET_KEY").map(str::to_string).unwrap_or(v);
-    let allow_empty_secret = top.bool("allow_empty_secret", false)?;
     let v = top.string("run_dir", Some("run"))?;
     let run_dir = PathBuf::from(env_get(env, "GW_RUN_DIR").map(str::to_string).unwrap_or(v));
     let pid_file = top.path("pid_file", &run_dir.join("gatewayworker.pid"))?;
@@ -214,12 +213,18 @@ fn build(top: &mut Sec<'_>, env: &[(String, String)]) -> Result<Config, ConfigEr
         register,
         gateways,
         worker,
-        allow_empty_secret,
+        allow_empty_secret: false,
         warnings: Vec::new(),
     };
     check_roles(&cfg, top)?;
-    super::secret::check(&mut cfg)?;
+    check_secrets(&mut cfg, top)?;
     Ok(cfg)
+}
+
+/// `allow_empty_secret`, then the exposure and length checks of the secret.
+fn check_secrets(cfg: &mut Config, top: &mut Sec<'_>) -> Result<(), ConfigError> {
+    cfg.allow_empty_secret = top.bool("allow_empty_secret", false)?;
+    super::secret::check(cfg)
 }
 
 fn check_roles(cfg: &Config, top: &Sec<'_>) -> Result<(), ConfigError> {

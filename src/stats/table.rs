@@ -132,9 +132,8 @@ fn load_average() -> String {
         .unwrap_or_else(|| "-".into())
 }
 
-/// The workerman-style table. `qps` gives requests/s per pid from a second sample.
-pub fn render(s: &Snapshot, conf: &str, qps: &dyn Fn(u32) -> Option<u64>) -> String {
-    let mut o = String::new();
+/// The GLOBAL STATUS section: version, start, process counts, warnings, exits.
+fn global_section(o: &mut String, s: &Snapshot, conf: &str) {
     let line = "-".repeat(46);
     let _ = writeln!(o, "{line}GLOBAL STATUS{line}");
     let _ = writeln!(o, "gatewayworker version:{:<10} conf:{conf}", env!("CARGO_PKG_VERSION"));
@@ -165,6 +164,13 @@ pub fn render(s: &Snapshot, conf: &str, qps: &dyn Fn(u32) -> Option<u64>) -> Str
     for (name, count, status) in s.exits.iter().filter(|(n, _, _)| n != "master") {
         let _ = writeln!(o, "{name:<w$} {status:<16} {count}");
     }
+}
+
+/// The workerman-style table. `qps` gives requests/s per pid from a second sample.
+pub fn render(s: &Snapshot, conf: &str, qps: &dyn Fn(u32) -> Option<u64>) -> String {
+    let mut o = String::new();
+    let line = "-".repeat(46);
+    global_section(&mut o, s, conf);
     let _ = writeln!(o, "{line}PROCESS STATUS{line}");
     let lw = s.rows.iter().map(|r| r.listen.len()).max().unwrap_or(9).max(9);
     let nw = s.rows.iter().map(|r| r.name.len()).max().unwrap_or(11).max(11);
