@@ -248,7 +248,7 @@ fn allow_empty_secret_starts_and_warns_at_start_and_in_status() {
     assert!(log.contains("`secret_key` is empty and the register listens on 0.0.0.0:"), "{log}");
     assert!(log.contains("`secret_key` is empty and a gateway inner port listens on 0.0.0.0:"), "{log}");
     let status = run.cli(&["status"]);
-    assert!(status.contains(gatewayworker::stats::table::EXPOSED_WARNING), "{status}");
+    assert!(status.contains(table::EXPOSED_WARNING), "{status}");
     let json: serde_json::Value = serde_json::from_str(run.cli(&["status", "--json"]).trim()).unwrap();
     assert_eq!(json["warnings"][0], table::EXPOSED_WARNING, "{json}");
 }
