@@ -197,7 +197,7 @@ fn build(top: &mut Sec<'_>, env: &[(String, String)]) -> Result<Config, ConfigEr
         None => None,
     };
 
-    let cfg = Config {
+    let mut cfg = Config {
         file: top.file.to_path_buf(),
         machine_type,
         lan_ip,
@@ -213,9 +213,18 @@ fn build(top: &mut Sec<'_>, env: &[(String, String)]) -> Result<Config, ConfigEr
         register,
         gateways,
         worker,
+        allow_empty_secret: false,
+        warnings: Vec::new(),
     };
     check_roles(&cfg, top)?;
+    check_secrets(&mut cfg, top)?;
     Ok(cfg)
+}
+
+/// `allow_empty_secret`, then the exposure and length checks of the secret.
+fn check_secrets(cfg: &mut Config, top: &mut Sec<'_>) -> Result<(), ConfigError> {
+    cfg.allow_empty_secret = top.bool("allow_empty_secret", false)?;
+    super::secret::check(cfg)
 }
 
 fn check_roles(cfg: &Config, top: &Sec<'_>) -> Result<(), ConfigError> {
