@@ -72,6 +72,15 @@ fn v2_binary() -> PathBuf {
     v2
 }
 
+/// The artifact shipped for `bin`: a copy without debug information when `strip` is
+/// installed (a release build carries none; the test builds are debug builds, six times
+/// larger), else `bin` itself.
+fn artifact(bin: &Path, dir: &Path, name: &str) -> PathBuf {
+    let out = dir.join(name);
+    let stripped = Command::new("strip").arg("-o").arg(&out).arg(bin).status();
+    if stripped.is_ok_and(|s| s.success()) { out } else { bin.to_path_buf() }
+}
+
 /// A host's sshd, in a mount namespace of its own where the Rust toolchain and git are
 /// /dev/null (so nothing the deploy runs there can use them).
 struct Sshd(Child);
@@ -367,7 +376,9 @@ fn ansible_deploy_ships_builds_reloads_stops_at_a_failing_host_and_rolls_back() 
     eprintln!("{TEST}: set up in {:?}", t0.elapsed());
 
     // First deploy: nothing runs yet; every host is started, the master machine first.
-    let out = d.deploy(Path::new(BIN), "r1");
+    let (r1, r2) =
+        (artifact(Path::new(BIN), &d.dir, "gatewayworker-r1"), artifact(&v2, &d.dir, "gatewayworker-r2"));
+    let out = d.deploy(&r1, "r1");
     let first_worker = out.find("[w1]").expect("w1 deployed");
     assert!(out.rfind("[m]").unwrap() < first_worker, "master machine first:\n{out}");
     let gateways = wait_ready(&roots[0], Role::Gateway, 1);
@@ -382,7 +393,7 @@ fn ansible_deploy_ships_builds_reloads_stops_at_a_failing_host_and_rolls_back() 
     let load = Load::start((0..4).map(|_| Ws::connect_to(ws, "/")).collect());
 
     // Second deploy: the v2 build, shipped as a given artifact, reloaded on every host.
-    d.deploy(&v2, "r2");
+    d.deploy(&r2, "r2");
     assert_eq!(wait_ready(&roots[0], Role::Gateway, 1), gateways, "the gateway was not restarted");
     for (i, gw_root) in roots.iter().enumerate() {
         assert_eq!(current(gw_root), "r2");
@@ -415,7 +426,7 @@ fn ansible_deploy_ships_builds_reloads_stops_at_a_failing_host_and_rolls_back() 
     let good = std::fs::read_to_string(&bad).unwrap();
     std::fs::write(&bad, format!("colour = \"blue\"\n{good}")).unwrap();
     let workers: Vec<Vec<u32>> = roots[1..].iter().map(|r| wait_ready(r, Role::Worker, 2)).collect();
-    let (ok, out, _) = d.run(false, &Deployer::release(Path::new(BIN), "r3"), "deploy-r3.log");
+    let (ok, out, _) = d.run(false, &Deployer::release(&r1, "r3"), "deploy-r3.log");
     assert!(!ok, "a deploy with a bad conf succeeded:\n{out}");
     assert!(
         out.contains("fatal: [m]") && out.contains("colour"),
