@@ -190,6 +190,9 @@ impl Deployer {
             .env("ANSIBLE_LOCAL_TEMP", self.dir.join("ansible/tmp"))
             .env("ANSIBLE_SSH_CONTROL_PATH_DIR", self.dir.join("cp"))
             .env("ANSIBLE_NOCOLOR", "1")
+            // The ssh connections ansible keeps for its next task close soon after the run
+            // (the hosts go away with the test).
+            .env("ANSIBLE_SSH_ARGS", "-o ControlMaster=auto -o ControlPersist=15s")
             .stdin(Stdio::null())
             .stdout(out.try_clone().unwrap())
             .stderr(out)
