@@ -128,7 +128,11 @@ pub struct Config {
     /// The TOML file it came from.
     pub file: PathBuf,
     pub machine_type: MachineType,
+    /// The inner ports listen on it (may be 0.0.0.0).
     pub lan_ip: Ipv4Addr,
+    /// The address put into client_ids and announced to the registers (default `lan_ip`):
+    /// differs from it behind NAT or in a container.
+    pub advertise_ip: Ipv4Addr,
     pub register_address: Vec<SocketAddrV4>,
     pub production: bool,
     pub secret_key: String,

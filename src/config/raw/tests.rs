@@ -162,3 +162,22 @@ fn the_master_conf_refuses_to_start_without_a_secret() {
     let secret = vec![("GW_SECRET_KEY".to_string(), "a-long-cluster-secret".to_string())];
     assert!(load_with_env(&text, &secret).unwrap().warnings.is_empty());
 }
+
+#[test]
+fn advertise_ip_defaults_to_lan_ip_and_may_differ_from_it() {
+    // Inner ports off loopback need the cluster's secret.
+    let load_str = |text: &str| load_with_env(text, &[("GW_SECRET_KEY".into(), "0123456789abcdef".into())]);
+    let c = load_str(&format!("lan_ip = \"10.0.0.5\"\n{MINIMAL}")).unwrap();
+    assert_eq!((c.lan_ip, c.advertise_ip), (Ipv4Addr::new(10, 0, 0, 5), Ipv4Addr::new(10, 0, 0, 5)));
+    let c = load_str(&format!("lan_ip = \"0.0.0.0\"\nadvertise_ip = \"203.0.113.7\"\n{MINIMAL}")).unwrap();
+    assert_eq!((c.lan_ip, c.advertise_ip), (Ipv4Addr::UNSPECIFIED, Ipv4Addr::new(203, 0, 113, 7)));
+}
+
+#[test]
+fn an_unspecified_or_bad_advertise_ip_names_the_key() {
+    for line in ["lan_ip = \"0.0.0.0\"\n", "advertise_ip = \"0.0.0.0\"\n", "advertise_ip = \"gw.example\"\n"]
+    {
+        let e = load_str(&format!("{line}{MINIMAL}")).unwrap_err();
+        assert_eq!(e.key, "advertise_ip", "{e}");
+    }
+}
