@@ -213,7 +213,7 @@ fn single_machine_confs_face_the_network_only_on_client_ports() {
 fn conf(register_ip: &str, lan_ip: &str, top: &str) -> String {
     let reg = free_port();
     format!(
-        "lan_ip = \"{lan_ip}\"\nregister_address = \"127.0.0.1:{reg}\"\nrun_dir = \"run\"\n{top}\n[register]\nlisten = \"text://{register_ip}:{reg}\"\n[[gateway]]\nlisten = \"websocket://127.0.0.1:{}\"\nstart_port = {}\n[worker]\napp = \"echo\"\n",
+        "lan_ip = \"{lan_ip}\"\nadvertise_ip = \"127.0.0.1\"\nregister_address = \"127.0.0.1:{reg}\"\nrun_dir = \"run\"\n{top}\n[register]\nlisten = \"text://{register_ip}:{reg}\"\n[[gateway]]\nlisten = \"websocket://127.0.0.1:{}\"\nstart_port = {}\n[worker]\napp = \"echo\"\n",
         free_port(),
         free_range(1)
     )

@@ -85,8 +85,10 @@ fn line_hint(text: &str, span: Option<std::ops::Range<usize>>) -> String {
     }
 }
 
+/// The value of an environment override; an empty one (`GW_SECRET_KEY=` as shipped in
+/// conf/example.env) counts as not set, so it never wipes a key of the conf file.
 fn env_get<'a>(env: &'a [(String, String)], key: &str) -> Option<&'a str> {
-    env.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_str())
+    env.iter().find(|(k, v)| k == key && !v.is_empty()).map(|(_, v)| v.as_str())
 }
 
 /// An IPv4 address from the top-level `key`, overridden by the environment variable `var`.

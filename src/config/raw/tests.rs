@@ -181,3 +181,12 @@ fn an_unspecified_or_bad_advertise_ip_names_the_key() {
         assert_eq!(e.key, "advertise_ip", "{e}");
     }
 }
+
+#[test]
+fn an_empty_environment_override_keeps_the_conf_value() {
+    let text = format!("secret_key = \"from-the-conf-file-0123\"\n{MINIMAL}");
+    let c = load_with_env(&text, &[("GW_SECRET_KEY".into(), String::new())]).unwrap();
+    assert_eq!(c.secret_key, "from-the-conf-file-0123");
+    let c = load_with_env(&text, &[("GW_SECRET_KEY".into(), "from-the-env-0123456".into())]).unwrap();
+    assert_eq!(c.secret_key, "from-the-env-0123456");
+}
