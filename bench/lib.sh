@@ -2,7 +2,9 @@
 # Shared functions of the benchmark scripts (see bench/README.md). Sourced, not run.
 #
 # Environment knobs (all optional):
-#   TARGETS="fastws node ours"  targets, in the order they alternate
+#   TARGETS="fastws node ours"  targets, in the order they alternate; `ours-base` is our
+#                               server from the binary OURS_BASE (an earlier build, see
+#                               bench/build-base.sh), for old-against-new runs
 #   REPS=3                      repetitions of every workload per target
 #   BASE=fastws                 the target that ratios are computed against
 #   SERVER_CPU=0 LOADER_CPU=1   CPUs the server tree and the loader are pinned to
@@ -17,6 +19,7 @@ LOADER=$ROOT/target/release/gw-bench
 FASTWS=$BENCH_DIR/peers/fastws/target/release/fastws-peer
 NODE_PEER=$BENCH_DIR/peers/node/server.js
 OURS=$ROOT/target/release/gatewayworker
+OURS_BASE=${OURS_BASE:-}
 TARGETS=${TARGETS:-fastws node ours}
 REPS=${REPS:-3}
 BASE=${BASE:-fastws}
@@ -169,7 +172,7 @@ target_start() {
     case $name in
         fastws) port=$PORT_FASTWS ;;
         node) port=$PORT_NODE ;;
-        ours) port=$PORT_OURS ;;
+        ours | ours-base) port=$PORT_OURS ;;
         *) log "bench: unknown target $name"; return 1 ;;
     esac
     if port_busy "$port"; then
@@ -183,17 +186,19 @@ target_start() {
         node)
             taskset -c "$SERVER_CPU" node "$NODE_PEER" "$app" "127.0.0.1:$port" "${tls_args[@]}" >>"$logf" 2>&1 &
             ;;
-        ours)
-            [[ -x $OURS ]] || { log "bench: $OURS is not built"; return 1; }
+        ours | ours-base)
+            local bin=$OURS
+            [[ $name == ours-base ]] && bin=$OURS_BASE
+            [[ -n $bin && -x $bin ]] || { log "bench: $name: binary '$bin' is not built (OURS_BASE for ours-base)"; return 1; }
             mkdir -p "$OUT/run-ours"
             ours_config "$app" "$tls" >"$OUT/run-ours/bench.toml"
-            taskset -c "$SERVER_CPU" "$OURS" start --conf "$OUT/run-ours/bench.toml" >>"$logf" 2>&1 &
+            taskset -c "$SERVER_CPU" "$bin" start --conf "$OUT/run-ours/bench.toml" >>"$logf" 2>&1 &
             ;;
     esac
     TARGET_PID=$!
     TARGET_URL=$scheme://127.0.0.1:$port/
     # The peers' broadcast does not return a message to its sender: the handshake must do.
-    [[ $app == broadcast && $name != ours ]] && probe_args+=(--no-echo)
+    [[ $app == broadcast && $name != ours* ]] && probe_args+=(--no-echo)
     if ! wait_ready "$TARGET_URL" "$TARGET_PID" "${probe_args[@]}"; then
         target_stop
         return 1
@@ -209,7 +214,7 @@ target_stop() {
     [[ -n $TARGET_PID ]] || return 0
     local pids sig=TERM
     pids=$(tree_pids "$TARGET_PID")
-    [[ $TARGET_NAME == ours ]] && sig=INT
+    [[ $TARGET_NAME == ours* ]] && sig=INT
     kill -"$sig" "$TARGET_PID" 2>/dev/null || true
     local deadline=$((SECONDS + 15))
     while kill -0 "$TARGET_PID" 2>/dev/null && ((SECONDS < deadline)); do

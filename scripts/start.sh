@@ -3,7 +3,7 @@
 #   scripts/start.sh start [-d] | stop [-g] | restart [-d] | reload | status [-d] | connections
 # Options go through to the binary (--conf FILE; default $GW_CONF, else conf/active.toml if
 # it exists, else conf/dev.toml). conf/active.toml is a git-ignored link to this machine's
-# conf file (scripts/deploy.sh makes it: ln -sfn master.toml conf/active.toml).
+# conf file (ln -sfn master.toml conf/active.toml; a deploy makes one in each release).
 # start, restart and reload build the release binary first (incremental, quick when nothing
 # changed), so "git pull && scripts/start.sh reload" puts new business code live.
 set -euo pipefail

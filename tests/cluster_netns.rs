@@ -80,7 +80,7 @@ fn worker_machines_serve_clients_and_are_routed_around_when_they_go() {
         clients[b].ok(json!({"op": "send_to_client", "id": ids[o], "msg": "to one"}));
         clients[o].recv_where(|t| t == "to one");
     }
-    let mut gc = GatewayClient::new(&[&register.to_string()], "").unwrap();
+    let mut gc = GatewayClient::new(&[&register.to_string()], Conf::SECRET).unwrap();
     assert_eq!(gc.get_all_client_count().unwrap(), CLIENTS);
     gc.send_to_all("end of fan-out").unwrap();
     for (i, c) in clients.iter_mut().enumerate() {

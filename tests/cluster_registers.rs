@@ -81,7 +81,7 @@ fn two_registers_one_dies_and_comes_back_and_no_client_notices() {
     c2.recv_where(|t| t == "from m1");
     c2.ok(json!({"op": "send_to_client", "id": id1, "msg": "from m2"}));
     c1.recv_where(|t| t == "from m2");
-    let mut gc = GatewayClient::new(&[&r1.to_string(), &r2.to_string()], "").unwrap();
+    let mut gc = GatewayClient::new(&[&r1.to_string(), &r2.to_string()], Conf::SECRET).unwrap();
     assert_eq!(gc.get_all_client_count().unwrap(), 2);
 
     // Steady traffic through m1's gateway during everything that follows.
@@ -113,7 +113,7 @@ fn two_registers_one_dies_and_comes_back_and_no_client_notices() {
     });
     assert_eq!(register_list(r1).unwrap(), vec![g1.clone()]);
     // A GatewayClient listing the dead register first falls back to the live one.
-    let mut gc_r2_first = GatewayClient::new(&[&r2.to_string(), &r1.to_string()], "").unwrap();
+    let mut gc_r2_first = GatewayClient::new(&[&r2.to_string(), &r1.to_string()], Conf::SECRET).unwrap();
     assert_eq!(gc_r2_first.get_all_client_count().unwrap(), 7);
     gc_r2_first.send_to_all("register 2 is down").unwrap();
     c1.recv_where(|t| t == "register 2 is down");

@@ -3,7 +3,6 @@
 //! master uses to exec its children. The CLI finds the master through the pid file.
 
 pub mod daemon;
-pub mod deploy;
 pub mod logger;
 pub mod pidfile;
 
@@ -24,8 +23,6 @@ Commands:
   reload            business workers restart from the binary on disk; clients stay connected
   status [-d]       live process table (-d: refresh every second; --json: machine readable)
   connections       one line per connection of every process
-  deploy-plan STAGE the hosts of a stage of conf/deploy.toml in deploy order (--file FILE),
-                    as scripts/deploy.sh reads them
 
 Options:
   --conf FILE       configuration file (default: $GW_CONF, else conf/active.toml
@@ -78,9 +75,6 @@ pub fn main(apps: AppFactory) -> i32 {
     if args.command == "child" {
         return child(&args, apps);
     }
-    if args.command == "deploy-plan" {
-        return deploy::main(&args.rest);
-    }
     let conf = master::absolute(&default_conf(args.conf.clone()));
     match args.command.as_str() {
         "start" => start(&conf, &args, apps),
@@ -107,6 +101,17 @@ pub fn main(apps: AppFactory) -> i32 {
             eprintln!("unknown command {other:?}\n\n{USAGE}");
             64
         }
+    }
+}
+
+/// The path children and reload replacements are started from: the one this program was
+/// started by when it names a file, links unresolved (a deploy switches a `current` link to
+/// a new release, and `reload` then runs the new binary), else the running binary's path.
+fn program_path() -> std::io::Result<PathBuf> {
+    let given = std::env::args_os().next().map(PathBuf::from);
+    match given.filter(|p| p.components().count() > 1 && p.is_file()) {
+        Some(p) => std::path::absolute(p),
+        None => std::env::current_exe(),
     }
 }
 
@@ -175,7 +180,7 @@ fn start(conf: &Path, args: &Args, apps: AppFactory) -> i32 {
         );
         return 78;
     }
-    let exe = match std::env::current_exe() {
+    let exe = match program_path() {
         Ok(p) => p,
         Err(e) => {
             eprintln!("cannot find this program's path: {e}");

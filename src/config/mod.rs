@@ -3,6 +3,7 @@
 //! file, the key and what to do about it; nothing starts with a half-valid config.
 
 mod raw;
+mod secret;
 
 use std::fmt;
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
@@ -10,6 +11,9 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 pub use raw::ENV_KEYS;
+pub use secret::{
+    Guarded, MIN_SECRET_LEN, SECRET_ENV, Warning, check_exposed_secret, is_loopback, short_secret_warning,
+};
 
 /// Which roles run on this machine.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -144,7 +148,11 @@ pub struct Config {
     /// The TOML file it came from.
     pub file: PathBuf,
     pub machine_type: MachineType,
+    /// The inner ports listen on it (may be 0.0.0.0).
     pub lan_ip: Ipv4Addr,
+    /// The address put into client_ids and announced to the registers (default `lan_ip`):
+    /// differs from it behind NAT or in a container.
+    pub advertise_ip: Ipv4Addr,
     pub register_address: Vec<SocketAddrV4>,
     pub production: bool,
     pub secret_key: String,
@@ -160,6 +168,10 @@ pub struct Config {
     pub gateways: Vec<GatewayConf>,
     pub worker: Option<WorkerConf>,
     pub http: Option<HttpConf>,
+    /// Start even with an empty secret on a non-loopback listener (warned at every start).
+    pub allow_empty_secret: bool,
+    /// Found while loading; the master logs each at every start.
+    pub warnings: Vec<Warning>,
 }
 
 impl Config {
@@ -181,6 +193,11 @@ impl Config {
     /// Number of gateway processes on this machine.
     pub fn gateway_processes(&self) -> usize {
         self.gateways.iter().map(|g| g.count as usize).sum()
+    }
+
+    /// An empty secret is allowed on a non-loopback listener (`allow_empty_secret`).
+    pub fn exposed_without_secret(&self) -> bool {
+        self.warnings.iter().any(|w| w.exposed)
     }
 }
 

@@ -16,7 +16,8 @@ use super::{
 /// Environment variables read (from `.env` or the real environment), with what they set.
 pub const ENV_KEYS: &[(&str, &str)] = &[
     ("GW_SECRET_KEY", "secret_key: shared by register, gateways, workers and GatewayClients"),
-    ("GW_LAN_IP", "lan_ip: this machine's LAN address put into client_ids"),
+    ("GW_LAN_IP", "lan_ip: the address the inner ports listen on (may be 0.0.0.0)"),
+    ("GW_ADVERTISE_IP", "advertise_ip: the address put into client_ids and announced (default lan_ip)"),
     ("GW_REGISTER_ADDRESS", "register_address: one or several ip:port, comma-separated"),
     ("GW_STAGE_MODE", "stage_mode: dev or production (production turns on wss)"),
     ("GW_MACHINE_TYPE", "machine_type: all, master or worker"),
@@ -85,8 +86,30 @@ fn line_hint(text: &str, span: Option<std::ops::Range<usize>>) -> String {
     }
 }
 
+/// The value of an environment override; an empty one (`GW_SECRET_KEY=` as shipped in
+/// conf/example.env) counts as not set, so it never wipes a key of the conf file.
 fn env_get<'a>(env: &'a [(String, String)], key: &str) -> Option<&'a str> {
-    env.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_str())
+    env.iter().find(|(k, v)| k == key && !v.is_empty()).map(|(_, v)| v.as_str())
+}
+
+/// An IPv4 address from the top-level `key`, overridden by the environment variable `var`.
+fn ipv4_key(
+    top: &mut Sec<'_>,
+    env: &[(String, String)],
+    (key, var): (&str, &str),
+    default: &str,
+) -> Result<std::net::Ipv4Addr, ConfigError> {
+    let v = top.string(key, Some(default))?;
+    match env_get(env, var) {
+        Some(e) => e.parse().map_err(|_| top.env_err(var, e, "an IPv4 address such as 10.0.0.5")),
+        None => v.parse().map_err(|_| {
+            top.err(
+                key,
+                format!("{v:?} is not an IPv4 address"),
+                "use an IPv4 address of this machine, e.g. \"10.0.0.5\" (a hostname breaks client_id routing)",
+            )
+        }),
+    }
 }
 
 fn build(top: &mut Sec<'_>, env: &[(String, String)]) -> Result<Config, ConfigError> {
@@ -105,17 +128,15 @@ fn build(top: &mut Sec<'_>, env: &[(String, String)]) -> Result<Config, ConfigEr
             )
         })?,
     };
-    let v = top.string("lan_ip", Some("127.0.0.1"))?;
-    let lan_ip = match env_get(env, "GW_LAN_IP") {
-        Some(e) => e.parse().map_err(|_| top.env_err("GW_LAN_IP", e, "an IPv4 address such as 10.0.0.5"))?,
-        None => v.parse().map_err(|_| {
-            top.err(
-                "lan_ip",
-                format!("{v:?} is not an IPv4 address"),
-                "use this machine's LAN IPv4 address, e.g. \"10.0.0.5\" (a hostname breaks client_id routing)",
-            )
-        })?,
-    };
+    let lan_ip = ipv4_key(top, env, ("lan_ip", "GW_LAN_IP"), "127.0.0.1")?;
+    let advertise_ip = ipv4_key(top, env, ("advertise_ip", "GW_ADVERTISE_IP"), &lan_ip.to_string())?;
+    if advertise_ip.is_unspecified() {
+        return Err(top.err(
+            "advertise_ip",
+            format!("the advertised address is {advertise_ip}, which nobody can connect to"),
+            "with lan_ip = \"0.0.0.0\" set advertise_ip to the address other machines reach this one at",
+        ));
+    }
     let list = top.string_or_list("register_address", "127.0.0.1:1236")?;
     let register_address = match env_get(env, "GW_REGISTER_ADDRESS") {
         Some(e) => {
@@ -199,10 +220,11 @@ fn build(top: &mut Sec<'_>, env: &[(String, String)]) -> Result<Config, ConfigEr
     };
     let http = http_section(top, env)?;
 
-    let cfg = Config {
+    let mut cfg = Config {
         file: top.file.to_path_buf(),
         machine_type,
         lan_ip,
+        advertise_ip,
         register_address,
         production,
         secret_key,
@@ -216,9 +238,18 @@ fn build(top: &mut Sec<'_>, env: &[(String, String)]) -> Result<Config, ConfigEr
         gateways,
         worker,
         http,
+        allow_empty_secret: false,
+        warnings: Vec::new(),
     };
     check_roles(&cfg, top)?;
+    check_secrets(&mut cfg, top)?;
     Ok(cfg)
+}
+
+/// `allow_empty_secret`, then the exposure and length checks of the secret.
+fn check_secrets(cfg: &mut Config, top: &mut Sec<'_>) -> Result<(), ConfigError> {
+    cfg.allow_empty_secret = top.bool("allow_empty_secret", false)?;
+    super::secret::check(cfg)
 }
 
 fn check_roles(cfg: &Config, top: &Sec<'_>) -> Result<(), ConfigError> {

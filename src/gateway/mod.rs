@@ -83,6 +83,7 @@ enum Stop {
 pub struct Identity {
     pub name: String,
     pub proto: Proto,
+    /// The advertised address (`advertise_ip`): client_ids and the register carry it.
     pub lan_ip: u32,
     pub lan_port: u16,
     pub public_port: u16,
@@ -183,7 +184,7 @@ impl Gateway {
         stats: Stats,
     ) -> Gateway {
         let lan_port = g.start_port + id;
-        let address = format!("{}:{lan_port}", cfg.lan_ip);
+        let address = format!("{}:{lan_port}", cfg.advertise_ip);
         let registers = cfg
             .register_address
             .iter()
@@ -194,7 +195,7 @@ impl Gateway {
             me: Identity {
                 name: g.name.clone(),
                 proto: g.proto,
-                lan_ip: u32::from(cfg.lan_ip),
+                lan_ip: u32::from(cfg.advertise_ip),
                 lan_port,
                 public_port: g.listen.port(),
             },

@@ -117,7 +117,15 @@ mod tests {
             limits: [0; 7],
             busy: false,
         };
-        Snapshot { master_pid: 1, started: 0, daemon: false, reloads: 0, rows: vec![row], exits: Vec::new() }
+        Snapshot {
+            master_pid: 1,
+            started: 0,
+            daemon: false,
+            reloads: 0,
+            rows: vec![row],
+            exits: Vec::new(),
+            empty_secret_exposed: false,
+        }
     }
 
     #[test]

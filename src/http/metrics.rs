@@ -17,7 +17,8 @@ use crate::wire::packet::{cmd, flag};
 pub const LIMITS: [&str; 7] =
     ["connections", "size", "handshake_timeout", "idle_timeout", "slow_client", "uid_group", "bad_input"];
 
-/// The gateways of this machine: inner address, group name, process id.
+/// The gateways of this machine: inner address (as announced to the registers), group name,
+/// process id.
 pub fn local_gateways(cfg: &Config) -> Vec<(SocketAddrV4, String, u16)> {
     if cfg.machine_type == MachineType::Worker {
         return Vec::new();
@@ -25,7 +26,7 @@ pub fn local_gateways(cfg: &Config) -> Vec<(SocketAddrV4, String, u16)> {
     let mut out = Vec::new();
     for g in &cfg.gateways {
         for id in 0..g.count {
-            out.push((SocketAddrV4::new(cfg.lan_ip, g.start_port + id), g.name.clone(), id));
+            out.push((SocketAddrV4::new(cfg.advertise_ip, g.start_port + id), g.name.clone(), id));
         }
     }
     out
@@ -163,6 +164,13 @@ fn global(o: &mut String, s: &Snapshot) {
     let _ = writeln!(o, "gatewayworker_start_time_seconds {}", s.started);
     family(o, "gatewayworker_uptime_seconds", "gauge", "Seconds since the master started.");
     let _ = writeln!(o, "gatewayworker_uptime_seconds {}", (unix_millis() / 1000).saturating_sub(s.started));
+    family(
+        o,
+        "gatewayworker_empty_secret_exposed",
+        "gauge",
+        "1 when a register or inner port listens off loopback with an empty secret (allow_empty_secret).",
+    );
+    let _ = writeln!(o, "gatewayworker_empty_secret_exposed {}", u8::from(s.empty_secret_exposed));
     family(o, "gatewayworker_processes", "gauge", "Live processes per role.");
     for role in ["master", "register", "gateway", "worker", "http"] {
         let n = s.rows.iter().filter(|r| r.role.name() == role).count();
@@ -201,6 +209,7 @@ mod tests {
             reloads: 2,
             rows: vec![row],
             exits: vec![("Gw\"0".into(), 1, 9)],
+            empty_secret_exposed: true,
         };
         let text = render(&s, &[("Gw\"0".into(), 1, 7)]);
         assert!(
@@ -211,6 +220,7 @@ mod tests {
         );
         assert!(text.contains("gatewayworker_limit_hits_total{role=\"gateway\",name=\"Gw\\\"0\",id=\"1\",pid=\"42\",limit=\"slow_client\"} 4\n"));
         assert!(text.contains("gatewayworker_reloads_total 2\n"));
+        assert!(text.contains("gatewayworker_empty_secret_exposed 1\n"));
         let mut declared = Vec::new();
         for line in text.lines() {
             if let Some(rest) = line.strip_prefix("# TYPE ") {

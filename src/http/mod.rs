@@ -91,7 +91,7 @@ pub fn run(cfg: &Config, listener: TcpListener, stats: Stats) -> io::Result<()> 
     let conf = cfg.http.clone().ok_or_else(|| io::Error::other("no [http] section"))?;
     let mut reactor = Reactor::new()?;
     reactor.watch_signals(&crate::master::CHILD_SIGNALS)?;
-    let local = LocalGateways { lan_ip: cfg.lan_ip, run_dir: cfg.run_dir.clone() };
+    let local = LocalGateways { lan_ip: cfg.advertise_ip, run_dir: cfg.run_dir.clone() };
     let mut s = Server {
         listener,
         conf,

@@ -213,6 +213,8 @@ impl Master {
         let h = shm.header();
         h.master_pid.store(std::process::id(), std::sync::atomic::Ordering::Relaxed);
         h.daemon.store(daemon as u32, std::sync::atomic::Ordering::Relaxed);
+        h.empty_secret_exposed
+            .store(cfg.exposed_without_secret() as u32, std::sync::atomic::Ordering::Relaxed);
         if let Some(s) = shm.slot(0) {
             s.claim(Role::Master, 0, "master", "none");
             s.pid.store(std::process::id(), std::sync::atomic::Ordering::Relaxed);
@@ -278,6 +280,7 @@ impl Master {
 
     /// Run until everything stopped. Returns the process exit code.
     pub fn run(mut self) -> io::Result<i32> {
+        self.cfg.warnings.iter().for_each(|w| warn!("{}", w.text));
         let mut reactor = Reactor::new()?;
         reactor.watch_signals(&MASTER_SIGNALS)?;
         {

@@ -97,6 +97,9 @@ pub struct Header {
     /// Unix seconds of the master's start.
     pub started: AtomicU64,
     pub reloads: AtomicU64,
+    /// Non-zero while an empty secret is allowed on a non-loopback listener
+    /// (`allow_empty_secret`); `status` prints a warning.
+    pub empty_secret_exposed: AtomicU32,
 }
 
 /// One process's counters. Written by that process (the master writes identity fields

@@ -36,6 +36,8 @@ pub struct Snapshot {
     pub started: u64,
     pub daemon: bool,
     pub reloads: u64,
+    /// An empty secret is allowed on a non-loopback listener.
+    pub empty_secret_exposed: bool,
     pub rows: Vec<Row>,
     pub exits: Exits,
 }
@@ -105,9 +107,18 @@ pub fn snapshot(shm: &Shm) -> Snapshot {
         started: h.started.load(std::sync::atomic::Ordering::Relaxed),
         daemon: h.daemon.load(std::sync::atomic::Ordering::Relaxed) != 0,
         reloads: h.reloads.load(std::sync::atomic::Ordering::Relaxed),
+        empty_secret_exposed: h.empty_secret_exposed.load(std::sync::atomic::Ordering::Relaxed) != 0,
         rows,
         exits,
     }
+}
+
+/// Printed by `status` (table and JSON) while an empty secret is allowed off loopback.
+pub const EXPOSED_WARNING: &str = "WARNING: an empty secret is allowed on a non-loopback listener (allow_empty_secret = true): anyone who can reach it is trusted; see the start log and docs/security.md";
+
+/// The warnings of a snapshot, one line each.
+pub fn warnings(s: &Snapshot) -> Vec<&'static str> {
+    if s.empty_secret_exposed { vec![EXPOSED_WARNING] } else { Vec::new() }
 }
 
 fn mem(bytes: u64) -> String {
@@ -121,9 +132,8 @@ fn load_average() -> String {
         .unwrap_or_else(|| "-".into())
 }
 
-/// The workerman-style table. `qps` gives requests/s per pid from a second sample.
-pub fn render(s: &Snapshot, conf: &str, qps: &dyn Fn(u32) -> Option<u64>) -> String {
-    let mut o = String::new();
+/// The GLOBAL STATUS section: version, start, process counts, warnings, exits.
+fn global_section(o: &mut String, s: &Snapshot, conf: &str) {
     let line = "-".repeat(46);
     let _ = writeln!(o, "{line}GLOBAL STATUS{line}");
     let _ = writeln!(o, "gatewayworker version:{:<10} conf:{conf}", env!("CARGO_PKG_VERSION"));
@@ -146,11 +156,21 @@ pub fn render(s: &Snapshot, conf: &str, qps: &dyn Fn(u32) -> Option<u64>) -> Str
         if s.daemon { "daemon" } else { "foreground" },
         s.reloads
     );
+    for warning in warnings(s) {
+        let _ = writeln!(o, "{warning}");
+    }
     let w = names.iter().map(|n| n.len()).max().unwrap_or(4).max(11);
     let _ = writeln!(o, "{:<w$} {:<16} exit_count", "worker_name", "exit_status");
     for (name, count, status) in s.exits.iter().filter(|(n, _, _)| n != "master") {
         let _ = writeln!(o, "{name:<w$} {status:<16} {count}");
     }
+}
+
+/// The workerman-style table. `qps` gives requests/s per pid from a second sample.
+pub fn render(s: &Snapshot, conf: &str, qps: &dyn Fn(u32) -> Option<u64>) -> String {
+    let mut o = String::new();
+    let line = "-".repeat(46);
+    global_section(&mut o, s, conf);
     let _ = writeln!(o, "{line}PROCESS STATUS{line}");
     let lw = s.rows.iter().map(|r| r.listen.len()).max().unwrap_or(9).max(9);
     let nw = s.rows.iter().map(|r| r.name.len()).max().unwrap_or(11).max(11);
@@ -225,7 +245,7 @@ pub fn render_json(s: &Snapshot) -> String {
         .collect();
     serde_json::json!({
         "master_pid": s.master_pid, "started": s.started, "daemon": s.daemon, "reloads": s.reloads,
-        "processes": rows, "exits": exits,
+        "processes": rows, "exits": exits, "warnings": warnings(s),
     })
     .to_string()
 }

@@ -314,6 +314,8 @@ impl Conf {
     pub const REGISTER_PORT: u16 = 1236;
     pub const WS_PORT: u16 = 7272;
     pub const START_PORT: u16 = 2300;
+    /// Every machine's `secret_key`: the register and inner ports face the bridge.
+    pub const SECRET: &'static str = "netns-test-secret-0123";
 
     /// Register + `gateways` gateway processes.
     pub fn master(host: &Host, registers: &[SocketAddr], gateways: u16) -> Conf {
@@ -364,10 +366,11 @@ impl Conf {
     pub fn render(&self) -> String {
         let regs: Vec<String> = self.registers.iter().map(|r| format!("\"{r}\"")).collect();
         let mut s = format!(
-            "machine_type = \"{}\"\nlan_ip = \"{}\"\nregister_address = [{}]\nrun_dir = \"run\"\n{}\n",
+            "machine_type = \"{}\"\nlan_ip = \"{}\"\nregister_address = [{}]\nrun_dir = \"run\"\nsecret_key = \"{}\"\n{}\n",
             self.machine_type,
             self.lan_ip,
             regs.join(", "),
+            Self::SECRET,
             self.extra
         );
         if self.register {
@@ -526,7 +529,7 @@ impl Drop for Machine {
 pub fn register_list(register: SocketAddr) -> Option<Vec<String>> {
     let mut s = TcpStream::connect_timeout(&register, Duration::from_secs(1)).ok()?;
     s.set_read_timeout(Some(Duration::from_secs(1))).ok()?;
-    s.write_all(&gatewayworker::wire::register::worker_connect("")).ok()?;
+    s.write_all(&gatewayworker::wire::register::worker_connect(Conf::SECRET)).ok()?;
     let mut line = Vec::new();
     BufReader::new(s).read_until(b'\n', &mut line).ok()?;
     gatewayworker::wire::register::parse_broadcast(line.trim_ascii_end())

@@ -122,3 +122,96 @@ fn http_listener_is_off_by_default_loopback_by_default_and_keyed_elsewhere() {
     let env = [("GW_HTTP_API_KEY".to_string(), "k".to_string())];
     assert_eq!(build(&mut top, &env).unwrap().http.unwrap().api_key, "k");
 }
+
+fn load_with_env(text: &str, env: &[(String, String)]) -> Result<Config, ConfigError> {
+    let table: Table = text.parse().unwrap();
+    let f = Path::new("conf/test.toml");
+    let mut top = Sec::new(f, "", &table);
+    let cfg = build(&mut top, env)?;
+    top.finish()?;
+    Ok(cfg)
+}
+
+fn shipped(name: &str) -> String {
+    std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("conf").join(name)).unwrap()
+}
+
+#[test]
+fn exposed_register_or_inner_ports_need_a_secret() {
+    let open_register = MINIMAL.replace("text://127.0.0.1:1236", "text://0.0.0.0:1236");
+    let e = load_str(&open_register).unwrap_err();
+    assert_eq!(e.key, "secret_key");
+    assert!(e.to_string().contains("register.listen"), "{e}");
+    let e = load_str(&format!("lan_ip = \"10.0.0.10\"\n{MINIMAL}")).unwrap_err();
+    assert_eq!(e.key, "secret_key");
+    assert!(e.to_string().contains("10.0.0.10:2300 (`lan_ip`)"), "{e}");
+    let secret = vec![("GW_SECRET_KEY".to_string(), "0123456789abcdef".to_string())];
+    let c = load_with_env(&open_register, &secret).unwrap();
+    assert!(c.warnings.is_empty(), "{:?}", c.warnings);
+}
+
+#[test]
+fn allow_empty_secret_loads_with_warnings() {
+    let text = format!("allow_empty_secret = true\nlan_ip = \"10.0.0.10\"\n{MINIMAL}")
+        .replace("text://127.0.0.1:1236", "text://0.0.0.0:1236");
+    let c = load_str(&text).unwrap();
+    assert!(c.allow_empty_secret && c.exposed_without_secret());
+    assert_eq!(c.warnings.len(), 2, "{:?}", c.warnings);
+    let c = load_str(&format!("secret_key = \"short\"\n{MINIMAL}")).unwrap();
+    assert!(!c.exposed_without_secret());
+    assert!(c.warnings[0].text.contains("only 5 bytes"), "{:?}", c.warnings);
+}
+
+#[test]
+fn a_worker_machine_listens_on_nothing_guarded() {
+    let c = load_str("machine_type = \"worker\"\nlan_ip = \"10.0.0.21\"\n[register]\n[worker]\n").unwrap();
+    assert!(c.warnings.is_empty());
+}
+
+#[test]
+fn single_machine_confs_keep_internal_ports_on_loopback() {
+    for name in ["dev.toml", "local.toml", "testing.toml"] {
+        let c = load_with_env(&shipped(name), &[]).unwrap_or_else(|e| panic!("{name}: {e}"));
+        assert!(c.lan_ip.is_loopback(), "{name}: inner ports on {}", c.lan_ip);
+        let r = c.register.as_ref().unwrap();
+        assert!(r.listen.ip().is_loopback(), "{name}: register on {}", r.listen);
+        assert!(c.warnings.is_empty(), "{name}: {:?}", c.warnings);
+    }
+}
+
+#[test]
+fn the_master_conf_refuses_to_start_without_a_secret() {
+    let text = shipped("master.toml");
+    let e = load_with_env(&text, &[]).unwrap_err();
+    assert_eq!(e.key, "secret_key", "{e}");
+    let secret = vec![("GW_SECRET_KEY".to_string(), "a-long-cluster-secret".to_string())];
+    assert!(load_with_env(&text, &secret).unwrap().warnings.is_empty());
+}
+
+#[test]
+fn advertise_ip_defaults_to_lan_ip_and_may_differ_from_it() {
+    // Inner ports off loopback need the cluster's secret.
+    let load_str = |text: &str| load_with_env(text, &[("GW_SECRET_KEY".into(), "0123456789abcdef".into())]);
+    let c = load_str(&format!("lan_ip = \"10.0.0.5\"\n{MINIMAL}")).unwrap();
+    assert_eq!((c.lan_ip, c.advertise_ip), (Ipv4Addr::new(10, 0, 0, 5), Ipv4Addr::new(10, 0, 0, 5)));
+    let c = load_str(&format!("lan_ip = \"0.0.0.0\"\nadvertise_ip = \"203.0.113.7\"\n{MINIMAL}")).unwrap();
+    assert_eq!((c.lan_ip, c.advertise_ip), (Ipv4Addr::UNSPECIFIED, Ipv4Addr::new(203, 0, 113, 7)));
+}
+
+#[test]
+fn an_unspecified_or_bad_advertise_ip_names_the_key() {
+    for line in ["lan_ip = \"0.0.0.0\"\n", "advertise_ip = \"0.0.0.0\"\n", "advertise_ip = \"gw.example\"\n"]
+    {
+        let e = load_str(&format!("{line}{MINIMAL}")).unwrap_err();
+        assert_eq!(e.key, "advertise_ip", "{e}");
+    }
+}
+
+#[test]
+fn an_empty_environment_override_keeps_the_conf_value() {
+    let text = format!("secret_key = \"from-the-conf-file-0123\"\n{MINIMAL}");
+    let c = load_with_env(&text, &[("GW_SECRET_KEY".into(), String::new())]).unwrap();
+    assert_eq!(c.secret_key, "from-the-conf-file-0123");
+    let c = load_with_env(&text, &[("GW_SECRET_KEY".into(), "from-the-env-0123456".into())]).unwrap();
+    assert_eq!(c.secret_key, "from-the-env-0123456");
+}
