@@ -123,7 +123,13 @@ impl Server {
         Limits { max_header: self.conf.max_header_size, max_body: self.conf.max_body_size }
     }
 
+    /// Accept while below `max_connections`; at the limit the rest wait in the backlog until
+    /// a connection closes (counted once per listener wake-up at the limit).
     fn accept(&mut self, cx: &mut Ctx<'_, Timer>) {
+        if self.conns.len() >= self.conf.max_connections {
+            Slot::bump(&self.stats.slot().limit_conn);
+            return;
+        }
         while self.conns.len() < self.conf.max_connections {
             match self.listener.accept() {
                 Ok((mut io, _)) => {
@@ -149,7 +155,6 @@ impl Server {
                 }
             }
         }
-        Slot::bump(&self.stats.slot().limit_conn);
     }
 
     /// Arm the connection's timer for its current deadline (request or idle).
