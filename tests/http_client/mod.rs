@@ -4,7 +4,6 @@
 
 use std::io::{ErrorKind, Read, Write};
 use std::net::TcpStream;
-use std::time::Duration;
 
 use serde_json::Value as Json;
 
@@ -179,14 +178,6 @@ pub fn wait_ready_status(h: &mut Http, want: u16) -> Resp {
         let r = h.get("/readyz");
         (r.status == want).then_some(r)
     })
-}
-
-/// Poll interval for conditions the tests wait on.
-pub const POLL: Duration = Duration::from_millis(20);
-
-/// The log of the cluster, for assertion messages.
-pub fn log(c: &Cluster) -> String {
-    c.log()
 }
 
 /// The path of tool `name` on `PATH`. Missing: the test says so loudly and is skipped, except
