@@ -40,6 +40,26 @@ fn push(ws: &mut Ws) -> String {
     ws.recv_where(|t| !t.starts_with("{\"op\""))
 }
 
+/// Four clients of the first gateway group, two on each of its two processes (others that
+/// connected on the way are closed).
+fn two_per_gateway(c: &Cluster) -> (Vec<Ws>, Vec<String>) {
+    let mut a: Vec<(Ws, String)> = Vec::new();
+    let mut b: Vec<(Ws, String)> = Vec::new();
+    while a.len() < 2 || b.len() < 2 {
+        assert!(a.len() + b.len() < 200, "clients never spread over both gateway processes");
+        let mut w = c.ws(0);
+        let id = w.id();
+        if a.is_empty() || a[0].1[8..12] == id[8..12] {
+            a.push((w, id));
+        } else {
+            b.push((w, id));
+        }
+    }
+    a.truncate(2);
+    b.truncate(2);
+    a.into_iter().chain(b).unzip()
+}
+
 fn ids(v: &Json) -> Vec<String> {
     let mut l: Vec<String> = v.as_array().unwrap().iter().map(|s| s.as_str().unwrap().to_string()).collect();
     l.sort();
@@ -49,10 +69,8 @@ fn ids(v: &Json) -> Vec<String> {
 #[test]
 fn sends_reach_real_clients_with_exclusions_raw_and_binary() {
     let (c, mut h) = start("sends", 1, vec![Gw::new("websocket", 2), Gw::new("text", 1)], "");
-    let mut ws: Vec<Ws> = (0..4).map(|_| c.ws(0)).collect();
-    let id: Vec<String> = ws.iter_mut().map(|w| w.id()).collect();
-    assert!(id.iter().any(|i| i[8..12] != id[0][8..12]), "clients spread over both gateway processes");
-    assert_eq!(h.api("get_all_client_count", json!({})), json!(4));
+    let (mut ws, id) = two_per_gateway(&c);
+    wait_for("4 clients", || (h.api("get_all_client_count", json!({})) == json!(4)).then_some(()));
 
     assert_eq!(h.api("send_to_all", json!({"message": "hi"})), json!(true));
     for w in ws.iter_mut() {
