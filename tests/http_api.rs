@@ -238,7 +238,7 @@ fn bad_input_is_refused_and_does_nothing() {
     let r = h.api_raw("bind_uid", &json!({"client_id": id}).to_string());
     assert!(r.status == 400 && r.text().contains("`uid`"), "{}", r.text());
     let r = h.api_raw("send_to_all", &json!({"message": "x".repeat(2000)}).to_string());
-    assert_eq!(r.status, 413);
+    assert_eq!((r.status, r.json()["error"]["code"].as_str()), (413, Some("body_too_large")));
     assert_eq!(h.api_raw("no_such_call", "{}").status, 404);
     assert_eq!(h.get("/nope").status, 404);
     let r = h.get("/api/send_to_all");

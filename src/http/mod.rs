@@ -245,7 +245,13 @@ impl Server {
                 Parsed::Error(status, msg) => {
                     let slot = self.stats.slot();
                     Slot::bump(if matches!(status, 413 | 431) { &slot.limit_size } else { &slot.bad_input });
-                    c.respond(&Response::error(status, "bad_request", &msg), false);
+                    let code = match status {
+                        413 => "body_too_large",
+                        431 => "head_too_large",
+                        411 => "length_required",
+                        _ => "bad_request",
+                    };
+                    c.respond(&Response::error(status, code, &msg), false);
                     return;
                 }
                 Parsed::Complete(req, n) => {
@@ -453,7 +459,12 @@ impl Server {
         let r = match (&job.work, result) {
             (Work::Metrics(gws), _) => self.metrics_response(gws, job.answers.first()),
             (Work::Api(_), Ok(v)) => Response::json(200, &serde_json::json!({"ok": true, "result": v})),
-            (Work::Api(_), Err(e)) => error_response(&e),
+            (Work::Api(_), Err(e)) => {
+                if e.status < 500 {
+                    Slot::bump(&self.stats.slot().bad_input);
+                }
+                error_response(&e)
+            }
         };
         let Some(c) = self.conns.get_mut(job.conn).filter(|c| c.serial == job.conn_serial) else { return };
         c.respond(&r, job.keep_alive);
