@@ -396,7 +396,11 @@ fn http(s: &mut Sec<'_>, env: &[(String, String)]) -> Result<HttpConf, ConfigErr
     }
     let api_key = env_get(env, "GW_HTTP_API_KEY").unwrap_or("").to_string();
     if api_key.is_empty() && !listen.ip().is_loopback() {
-        let env_file = std::env::var("GW_ENV_FILE").unwrap_or_else(|_| ".env".into());
+        let env_file = match std::env::var("GW_ENV_FILE") {
+            Ok(f) if f == "none" => "the environment (GW_ENV_FILE=none)".to_string(),
+            Ok(f) if !f.is_empty() => f,
+            _ => ".env".into(),
+        };
         return Err(ConfigError {
             file: PathBuf::from(&env_file),
             key: "GW_HTTP_API_KEY".into(),
