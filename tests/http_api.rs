@@ -19,7 +19,8 @@ const KEY: &str = "test-key-0123456789";
 
 /// A wrapper that runs the binary with the API key in its environment (as `.env` would).
 fn keyed_bin(tag: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("gw-http-bin-{}-{tag}", std::process::id()));
+    let dir =
+        PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("gw-http-bin-{}-{tag}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let path = dir.join("gatewayworker");
     std::fs::write(&path, format!("#!/bin/sh\nGW_HTTP_API_KEY={KEY} exec {BIN} \"$@\"\n")).unwrap();
