@@ -17,6 +17,9 @@ mod relay;
 mod router;
 mod timers;
 
+#[cfg(test)]
+mod tests;
+
 use std::collections::VecDeque;
 use std::io;
 use std::net::{Ipv4Addr, SocketAddr};

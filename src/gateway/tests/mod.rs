@@ -1,0 +1,370 @@
+//! The gateway service in a test thread: its listeners on 127.0.0.1:0 and a temporary Unix
+//! socket, its reactor stopped by a flag, a fake business worker speaking GatewayProtocol on
+//! the inner port and real client sockets on the public one. No binary is spawned; every
+//! wait is a read with a deadline.
+
+mod commands;
+mod queries;
+mod relay;
+
+use std::io::{self, Read, Write};
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpStream};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use mio::Token;
+use mio::net::{TcpListener, UnixListener};
+
+use super::{Gateway, Listeners, Timer};
+use crate::config::{Config, GatewayConf, GatewayLimits, MachineType, Proto, SendFullPolicy};
+use crate::reactor::{Ctx, Reactor, Ready, Service};
+use crate::stats::Stats;
+use crate::wire::packet::{self, Header, cmd, flag};
+use crate::wire::register::worker_connect_body;
+
+/// How long any expected effect may take.
+const DEADLINE: Duration = Duration::from_secs(10);
+/// Secret key of every test gateway.
+const SECRET: &str = "test-secret";
+
+/// The gateway plus a stop flag checked by the reactor.
+struct Driven {
+    gw: Gateway,
+    halt: Arc<AtomicBool>,
+}
+
+impl Service for Driven {
+    type Timer = Timer;
+
+    fn on_ready(&mut self, cx: &mut Ctx<'_, Timer>, token: Token, ready: Ready) {
+        self.gw.on_ready(cx, token, ready);
+    }
+
+    fn on_timer(&mut self, cx: &mut Ctx<'_, Timer>, timer: Timer) {
+        self.gw.on_timer(cx, timer);
+    }
+
+    fn on_signal(&mut self, cx: &mut Ctx<'_, Timer>, signal: i32) {
+        self.gw.on_signal(cx, signal);
+    }
+
+    fn end_of_turn(&mut self, cx: &mut Ctx<'_, Timer>) -> bool {
+        self.gw.end_of_turn(cx)
+    }
+
+    fn should_stop(&self) -> bool {
+        self.halt.load(Ordering::SeqCst) || self.gw.should_stop()
+    }
+}
+
+/// A running gateway.
+pub struct Gw {
+    halt: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+    pub public: SocketAddr,
+    pub inner: SocketAddr,
+    dir: PathBuf,
+}
+
+fn config(proto: Proto, dir: &std::path::Path, tweak: impl FnOnce(&mut GatewayLimits)) -> Config {
+    let mut limits = GatewayLimits {
+        max_package_size: 1 << 20,
+        send_to_client_buffer_size: 1 << 20,
+        send_to_worker_buffer_size: 1 << 20,
+        send_full_policy: SendFullPolicy::Drop,
+        max_connections: 1000,
+        handshake_timeout: Duration::from_secs(10),
+        idle_timeout: Duration::ZERO,
+        max_groups_per_client: 8,
+        max_uid_len: 64,
+        max_session_size: 4096,
+    };
+    tweak(&mut limits);
+    let gateway = GatewayConf {
+        name: "TestGateway".into(),
+        proto,
+        listen: SocketAddr::from((Ipv4Addr::LOCALHOST, 0)),
+        count: 1,
+        start_port: 0,
+        ping_interval: Duration::ZERO,
+        ping_not_response_limit: 0,
+        ping_data: Vec::new(),
+        tls: None,
+        limits,
+    };
+    Config {
+        file: dir.join("test.toml"),
+        machine_type: MachineType::Master,
+        lan_ip: Ipv4Addr::LOCALHOST,
+        register_address: Vec::new(),
+        production: false,
+        secret_key: SECRET.into(),
+        run_dir: dir.to_path_buf(),
+        pid_file: dir.join("pid"),
+        log_file: dir.join("log"),
+        stdout_file: dir.join("stdout"),
+        stop_timeout: Duration::from_secs(2),
+        reload_timeout: Duration::from_secs(2),
+        register: None,
+        gateways: vec![gateway],
+        worker: None,
+    }
+}
+
+impl Gw {
+    pub fn start(proto: Proto) -> Gw {
+        Gw::with_limits(proto, |_| {})
+    }
+
+    /// A gateway whose limits `tweak` changed.
+    pub fn with_limits(proto: Proto, tweak: impl FnOnce(&mut GatewayLimits)) -> Gw {
+        static SEQ: AtomicUsize = AtomicUsize::new(0);
+        let n = SEQ.fetch_add(1, Ordering::SeqCst);
+        let dir = std::env::temp_dir().join(format!("gw-inproc-{}-{n}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut cfg = config(proto, &dir, tweak);
+        let any = SocketAddr::from((Ipv4Addr::LOCALHOST, 0));
+        let listeners = Listeners {
+            public: TcpListener::bind(any).unwrap(),
+            inner_tcp: TcpListener::bind(any).unwrap(),
+            inner_unix: UnixListener::bind(dir.join("inner.sock")).unwrap(),
+        };
+        let public = listeners.public.local_addr().unwrap();
+        let inner = listeners.inner_tcp.local_addr().unwrap();
+        cfg.gateways[0].listen = public;
+        let halt = Arc::new(AtomicBool::new(false));
+        let stop = halt.clone();
+        let thread = std::thread::spawn(move || {
+            let stats = Stats::private().unwrap();
+            let mut reactor = Reactor::new().unwrap();
+            let mut gw = Gateway::new(&cfg, &cfg.gateways[0], 0, listeners, None, stats);
+            gw.start(&mut reactor.ctx()).unwrap();
+            reactor.run(&mut Driven { gw, halt: stop }).unwrap();
+        });
+        Gw { halt, thread: Some(thread), public, inner, dir }
+    }
+
+    /// A business worker linked and registered (its WORKER_CONNECT executed).
+    pub fn worker(&self, name: &str) -> FakeWorker {
+        let mut w = self.link_worker(name);
+        w.sync();
+        w
+    }
+
+    /// A business worker that sent its WORKER_CONNECT (not known to be executed yet).
+    pub fn link_worker(&self, name: &str) -> FakeWorker {
+        let mut w = FakeWorker::connect(self.inner);
+        w.command(cmd::WORKER_CONNECT, 0, flag::BODY_IS_SCALAR, b"", &worker_connect_body(name, SECRET));
+        w
+    }
+
+    pub fn client(&self) -> Client {
+        Client::connect(self.public)
+    }
+}
+
+impl Drop for Gw {
+    fn drop(&mut self) {
+        self.halt.store(true, Ordering::SeqCst);
+        // Wake the reactor so it sees the flag now rather than at its next timer.
+        let _ = TcpStream::connect(self.public);
+        if let Some(t) = self.thread.take() {
+            let res = t.join();
+            if !std::thread::panicking() {
+                res.expect("gateway thread panicked");
+            }
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// A packet as the fake worker received it.
+#[derive(Debug)]
+pub struct Got {
+    pub header: Header,
+    pub ext: Vec<u8>,
+    pub body: Vec<u8>,
+}
+
+/// A business worker's (or GatewayClient's) link to the gateway.
+pub struct FakeWorker {
+    s: TcpStream,
+    buf: Vec<u8>,
+}
+
+impl FakeWorker {
+    pub fn connect(addr: SocketAddr) -> FakeWorker {
+        let s = TcpStream::connect(addr).unwrap();
+        s.set_nodelay(true).unwrap();
+        FakeWorker { s, buf: Vec::new() }
+    }
+
+    pub fn send(&mut self, h: &Header, ext: &[u8], body: &[u8]) {
+        let mut v = Vec::new();
+        packet::encode(&mut v, h, ext, body);
+        self.s.write_all(&v).unwrap();
+    }
+
+    /// A command for connection `id`.
+    pub fn command(&mut self, command: u8, id: u32, flags: u8, ext: &[u8], body: &[u8]) {
+        self.send(&Header::command(command, id, flags), ext, body);
+    }
+
+    /// Wait until the gateway executed everything sent so far (a query answered in order).
+    pub fn sync(&mut self) {
+        self.query(cmd::IS_ONLINE, 0, b"");
+    }
+
+    /// Read more bytes, failing the test at the deadline. `Ok(false)` on EOF.
+    fn fill(&mut self, until: Instant) -> io::Result<bool> {
+        let left = until.saturating_duration_since(Instant::now());
+        assert!(!left.is_zero(), "nothing from the gateway in {DEADLINE:?}");
+        self.s.set_read_timeout(Some(left))?;
+        let mut chunk = [0u8; 65536];
+        match self.s.read(&mut chunk) {
+            Ok(0) => Ok(false),
+            Ok(n) => {
+                self.buf.extend_from_slice(&chunk[..n]);
+                Ok(true)
+            }
+            Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) => Ok(true),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// The next packet from the gateway.
+    pub fn next(&mut self) -> Got {
+        let until = Instant::now() + DEADLINE;
+        loop {
+            if let Some((p, n)) = packet::decode(&self.buf, usize::MAX).unwrap() {
+                let got = Got { header: p.header, ext: p.ext.to_vec(), body: p.body.to_vec() };
+                self.buf.drain(..n);
+                return got;
+            }
+            assert!(self.fill(until).unwrap(), "gateway closed the link");
+        }
+    }
+
+    /// The next packet, which must be `command`.
+    pub fn expect(&mut self, command: u8) -> Got {
+        let got = self.next();
+        assert_eq!(got.header.cmd, command, "unexpected packet {got:?}");
+        got
+    }
+
+    /// Send query `command` and return its serialized reply.
+    pub fn query(&mut self, command: u8, id: u32, ext: &[u8]) -> Vec<u8> {
+        self.command(command, id, flag::BODY_IS_SCALAR, ext, b"");
+        let until = Instant::now() + DEADLINE;
+        loop {
+            if self.buf.len() >= 4 {
+                let len = u32::from_be_bytes(self.buf[..4].try_into().unwrap()) as usize;
+                if self.buf.len() >= 4 + len {
+                    let reply = self.buf[4..4 + len].to_vec();
+                    self.buf.drain(..4 + len);
+                    return reply;
+                }
+            }
+            assert!(self.fill(until).unwrap(), "gateway closed the link");
+        }
+    }
+
+    /// The gateway closed this link (EOF before the deadline); packets before it are skipped.
+    pub fn expect_closed(&mut self) {
+        let until = Instant::now() + DEADLINE;
+        while self.fill(until).unwrap_or(false) {}
+    }
+
+    /// Nothing is waiting for this worker (checked after a round trip on `other`).
+    pub fn assert_idle(&mut self) {
+        self.s.set_nonblocking(true).unwrap();
+        let mut b = [0u8; 1];
+        let res = self.s.read(&mut b);
+        self.s.set_nonblocking(false).unwrap();
+        assert!(self.buf.is_empty(), "unexpected bytes {:?}", self.buf);
+        assert!(matches!(&res, Err(e) if e.kind() == io::ErrorKind::WouldBlock), "unexpected read {res:?}");
+    }
+}
+
+/// A client of a text gateway (or any protocol, reading raw bytes).
+pub struct Client {
+    pub s: TcpStream,
+    buf: Vec<u8>,
+}
+
+impl Client {
+    pub fn connect(addr: SocketAddr) -> Client {
+        let s = TcpStream::connect(addr).unwrap();
+        s.set_nodelay(true).unwrap();
+        Client { s, buf: Vec::new() }
+    }
+
+    pub fn local(&self) -> SocketAddrV4 {
+        match self.s.local_addr().unwrap() {
+            SocketAddr::V4(a) => a,
+            SocketAddr::V6(_) => unreachable!("bound to 127.0.0.1"),
+        }
+    }
+
+    pub fn write(&mut self, bytes: &[u8]) {
+        self.s.write_all(bytes).unwrap();
+    }
+
+    /// One read with the deadline `until`; false on EOF or reset.
+    fn fill(&mut self, until: Instant) -> bool {
+        let left = until.saturating_duration_since(Instant::now());
+        assert!(!left.is_zero(), "client waited {DEADLINE:?}; has {:?}", self.buf);
+        self.s.set_read_timeout(Some(left)).unwrap();
+        let mut chunk = [0u8; 65536];
+        match self.s.read(&mut chunk) {
+            Ok(0) => false,
+            Ok(k) => {
+                self.buf.extend_from_slice(&chunk[..k]);
+                true
+            }
+            Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) => true,
+            Err(e) if e.kind() == io::ErrorKind::ConnectionReset => false,
+            Err(e) => panic!("client read: {e}"),
+        }
+    }
+
+    /// Exactly `n` bytes.
+    pub fn bytes(&mut self, n: usize) -> Vec<u8> {
+        let until = Instant::now() + DEADLINE;
+        while self.buf.len() < n {
+            assert!(self.fill(until), "client closed; has {:?}, wanted {n} bytes", self.buf);
+        }
+        self.buf.drain(..n).collect()
+    }
+
+    /// The next text line, without its newline.
+    pub fn line(&mut self) -> Vec<u8> {
+        let until = Instant::now() + DEADLINE;
+        loop {
+            if let Some(pos) = self.buf.iter().position(|&b| b == b'\n') {
+                let line = self.buf[..pos].to_vec();
+                self.buf.drain(..=pos);
+                return line;
+            }
+            assert!(self.fill(until), "client closed before a whole line; has {:?}", self.buf);
+        }
+    }
+
+    /// The gateway closed the connection; returns the bytes received before the close.
+    pub fn until_closed(&mut self) -> Vec<u8> {
+        let until = Instant::now() + DEADLINE;
+        while self.fill(until) {}
+        std::mem::take(&mut self.buf)
+    }
+}
+
+/// A client that connected and whose ON_CONNECT reached `w`: its connection id.
+pub fn connected(gw: &Gw, w: &mut FakeWorker) -> (Client, u32) {
+    let c = gw.client();
+    let got = w.expect(cmd::ON_CONNECT);
+    assert_eq!(got.header.client_port, c.local().port());
+    (c, got.header.connection_id)
+}
