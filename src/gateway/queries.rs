@@ -4,12 +4,13 @@
 use serde_json::Value as Json;
 
 use super::clients::Clients;
-use super::index::Index;
+use super::index::{Directory, Index};
 use crate::wire::packet::{Packet, cmd};
 use crate::wire::php::{self, Array, Key, Value};
 
 /// The serialized reply to query packet `p`.
-pub fn answer(clients: &Clients, uids: &Index, groups: &Index, p: &Packet<'_>) -> Vec<u8> {
+pub fn answer(clients: &Clients, index: &Directory, p: &Packet<'_>) -> Vec<u8> {
+    let (uids, groups) = (&index.uids, &index.groups);
     let id = p.header.connection_id;
     let value = match p.header.cmd {
         cmd::GET_ALL_CLIENT_SESSIONS => sessions(clients, clients.ids_sorted()),

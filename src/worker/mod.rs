@@ -20,9 +20,10 @@ use crate::api::context::{Context, Current, TimerRequest, WorkerInfo, WorkerTran
 use crate::api::transport::{LocalGateways, Pkt, QueryPool};
 use crate::api::{Events, Value};
 use crate::config::Config;
+use crate::net::conn::ReadEnd;
+use crate::net::link::{Link, Target};
 use crate::reactor::{Ctx, Reactor, Ready, Service, TimerId};
 use crate::stats::{Slot, State, Stats};
-use crate::wire::link::{Link, ReadEnd, Target};
 use crate::wire::packet::{self, Packet, cmd, flag};
 use crate::wire::{crc32, php, register as lines};
 
@@ -96,7 +97,7 @@ pub fn run(cfg: &Config, id: u16, app: Box<dyn Events>, stats: Stats) -> io::Res
             .register_address
             .iter()
             .enumerate()
-            .map(|(i, a)| Link::new(Target::Tcp(SocketAddr::V4(*a)), Token(REGISTER_BASE + i)))
+            .map(|(i, a)| Link::new(Target::Tcp(SocketAddr::V4(*a)), Token(REGISTER_BASE + i), "Text"))
             .collect(),
         register_line: lines::worker_connect(&cfg.secret_key),
         known: Vec::new(),
@@ -189,9 +190,7 @@ impl Worker {
             return;
         }
         let link = &mut self.registers[i];
-        link.out.clear();
-        link.out.extend(&self.register_line);
-        if let Err(e) = link.dial(cx.registry) {
+        if let Err(e) = link.dial(cx.registry, &self.register_line) {
             warn!("business worker: cannot reach register {}: {e}; retrying in 1 s", link.target);
             link.close(cx.registry);
             cx.after(Duration::from_secs(1), Timer::RegisterRetry(i));
@@ -206,11 +205,13 @@ impl Worker {
             Ok(end)
         });
         let mut lists = Vec::new();
-        while let Some(pos) = link.inbuf.data().iter().position(|&b| b == b'\n') {
-            if let Some(list) = lines::parse_broadcast(link.inbuf.data()[..pos].trim_ascii_end()) {
-                lists.push(list);
+        if let Some(inbuf) = link.conn.as_mut().map(|c| &mut c.inbuf) {
+            while let Some(pos) = inbuf.data().iter().position(|&b| b == b'\n') {
+                if let Some(list) = lines::parse_broadcast(inbuf.data()[..pos].trim_ascii_end()) {
+                    lists.push(list);
+                }
+                inbuf.consume(pos + 1);
             }
-            link.inbuf.consume(pos + 1);
         }
         let closed = !matches!(res, Ok(ReadEnd::Drained) | Ok(ReadEnd::Full));
         if closed {
@@ -424,8 +425,8 @@ impl Service for Worker {
             if t - REGISTER_BASE < self.registers.len() {
                 self.on_register_ready(cx, t - REGISTER_BASE, ready);
             }
-        } else if t >= LINK_BASE {
-            self.on_link_ready(cx, t - LINK_BASE, ready);
+        } else if let Some(key) = self.links.key_of(token) {
+            self.on_link_ready(cx, key, ready);
         }
     }
 
@@ -448,10 +449,7 @@ impl Service for Worker {
             }
             Timer::KeepAlive => {
                 for link in &mut self.registers {
-                    if link.is_connected() {
-                        link.out.extend(lines::PING);
-                        let _ = link.flush();
-                    }
+                    let _ = link.send(lines::PING);
                 }
                 cx.after(KEEPALIVE, Timer::KeepAlive);
             }
@@ -481,10 +479,7 @@ impl Service for Worker {
     }
 
     fn end_of_turn(&mut self, cx: &mut Ctx<'_, Timer>) -> bool {
-        if let Err(e) = self.links.flush_dirty() {
-            warn!("business worker: {e}");
-        }
-        for key in self.links.take_broken() {
+        for key in self.links.flush_dirty() {
             self.link_lost(cx, key, "write failed");
         }
         let regs = self.registers.iter().filter(|l| l.is_connected()).count();

@@ -10,7 +10,7 @@ fn pair(proto: Proto) -> (Client, std::os::unix::net::UnixStream) {
     let (a, b) = std::os::unix::net::UnixStream::pair().unwrap();
     a.set_nonblocking(true).unwrap();
     let mut c = Client::new(1, Io::Unix(mio::net::UnixStream::from_std(a)), proto, 0x7f000001, 4000, 0);
-    c.ready = Ready::READABLE | Ready::WRITABLE;
+    c.conn.ready = Ready::READABLE | Ready::WRITABLE;
     (c, b)
 }
 
@@ -21,7 +21,7 @@ fn drain(c: &mut Client) -> (Vec<(Vec<u8>, bool)>, Vec<Inbound>) {
     let mut msgs = Vec::new();
     let mut other = Vec::new();
     let mut rx = Rx::default();
-    c.ready.insert(Ready::READABLE);
+    c.conn.ready.insert(Ready::READABLE);
     loop {
         match c.next(&mut rx, &mut scratch, 1024, &cfg) {
             Inbound::Message { binary } => msgs.push((scratch.clone(), binary)),
@@ -66,7 +66,7 @@ fn text_lines_split_across_reads() {
     let (mut c, mut peer) = pair(Proto::Text);
     peer.write_all(b"hel").unwrap();
     assert!(drain(&mut c).0.is_empty(), "half a line is not a message");
-    assert!(!c.ready.contains(Ready::READABLE), "WouldBlock clears the ready bit");
+    assert!(!c.conn.ready.contains(Ready::READABLE), "WouldBlock clears the ready bit");
     peer.write_all(b"lo\r\nwor").unwrap();
     assert_eq!(drain(&mut c).0, vec![(b"hello".to_vec(), false)]);
     peer.write_all(b"ld\n\n").unwrap();
@@ -156,12 +156,12 @@ fn blocked_writes_keep_order_and_respect_the_limit() {
             Err(SendError::BufferFull) => break,
             Err(e) => panic!("{e:?}"),
         }
-        if !c.flush().unwrap() && c.queued() >= 256 * 1024 {
+        if !c.flush().unwrap() && c.conn.out.len() >= 256 * 1024 {
             continue;
         }
     }
-    assert!(!c.ready.contains(Ready::WRITABLE), "a blocked write clears the ready bit");
-    assert!(c.queued() >= 256 * 1024);
+    assert!(!c.conn.ready.contains(Ready::WRITABLE), "a blocked write clears the ready bit");
+    assert!(c.conn.out.len() >= 256 * 1024);
     // The peer reads; we flush until everything is out.
     let mut got = Vec::new();
     peer.set_nonblocking(true).unwrap();
@@ -170,7 +170,7 @@ fn blocked_writes_keep_order_and_respect_the_limit() {
         match peer.read(&mut buf) {
             Ok(n) => got.extend_from_slice(&buf[..n]),
             Err(_) => {
-                c.ready.insert(Ready::WRITABLE);
+                c.conn.ready.insert(Ready::WRITABLE);
                 c.flush().unwrap();
             }
         }
@@ -220,7 +220,7 @@ fn leftover_bytes_move_from_the_shared_buffer_to_the_client() {
     frames.extend(masked(1, b"b"));
     frames.extend(masked(2, b"c"));
     wpeer.write_all(&frames).unwrap();
-    w.ready.insert(Ready::READABLE);
+    w.conn.ready.insert(Ready::READABLE);
     assert!(matches!(w.next(&mut rx, &mut msg, 1024, &cfg), Inbound::Message { binary: false }));
     assert_eq!(msg, b"a");
     w.stash(&mut rx);
