@@ -5,6 +5,7 @@
 
 use std::collections::VecDeque;
 use std::io;
+use std::ops::{Deref, DerefMut};
 
 use mio::Registry;
 
@@ -13,7 +14,8 @@ use super::index::IdMap;
 use crate::net::table::Table;
 
 pub struct Clients {
-    pub table: Table<Client>,
+    /// The connections by slab key (`Clients` derefs to it).
+    table: Table<Client>,
     ids: IdMap<usize>,
     last_id: u32,
     /// (deadline second, connection id) of clients still in a handshake.
@@ -69,45 +71,14 @@ impl Clients {
         (self.table.get(key)?.id == id).then_some(key)
     }
 
-    pub fn get(&self, id: u32) -> Option<&Client> {
+    /// Client with connection id `id`.
+    pub fn by_id(&self, id: u32) -> Option<&Client> {
         self.key_of(id).and_then(|k| self.table.get(k))
     }
 
-    pub fn get_mut(&mut self, id: u32) -> Option<&mut Client> {
+    pub fn by_id_mut(&mut self, id: u32) -> Option<&mut Client> {
         let k = self.key_of(id)?;
         self.table.get_mut(k)
-    }
-
-    pub fn by_key(&self, key: usize) -> Option<&Client> {
-        self.table.get(key)
-    }
-
-    pub fn by_key_mut(&mut self, key: usize) -> Option<&mut Client> {
-        self.table.get_mut(key)
-    }
-
-    pub fn len(&self) -> usize {
-        self.table.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.table.is_empty()
-    }
-
-    pub fn iter(&self) -> impl Iterator<Item = (usize, &Client)> {
-        self.table.iter()
-    }
-
-    pub fn iter_mut(&mut self) -> impl Iterator<Item = (usize, &mut Client)> {
-        self.table.iter_mut()
-    }
-
-    pub fn mark_dirty(&mut self, key: usize) {
-        self.table.mark_dirty(key);
-    }
-
-    pub fn mark_dead(&mut self, key: usize) {
-        self.table.mark_dead(key);
     }
 
     /// Connection ids in ascending order (PHP iterates clients in accept order).
@@ -115,5 +86,19 @@ impl Clients {
         let mut v: Vec<u32> = self.ids.keys().copied().collect();
         v.sort_unstable();
         v
+    }
+}
+
+impl Deref for Clients {
+    type Target = Table<Client>;
+
+    fn deref(&self) -> &Table<Client> {
+        &self.table
+    }
+}
+
+impl DerefMut for Clients {
+    fn deref_mut(&mut self) -> &mut Table<Client> {
+        &mut self.table
     }
 }

@@ -89,7 +89,7 @@ impl Gateway {
         let raw = flags & flag::NOT_CALL_ENCODE != 0;
         let binary = flags & flag::BINARY != 0;
         let payload = payload(msg, self.me.proto);
-        let res = self.clients.table.send_with(key, |c| c.send(payload, raw, binary, limit));
+        let res = self.clients.send_with(key, |c| c.send(payload, raw, binary, limit));
         if res == Some(Err(SendError::BufferFull)) {
             self.send_failed(key);
         }
@@ -122,7 +122,7 @@ impl Gateway {
         let Some(key) = self.clients.key_of(id) else { return };
         let limit = self.settings.limits.send_to_client_buffer_size;
         let encoded = &self.bufs.encoded;
-        let res = self.clients.table.send_with(key, |c| c.send_encoded(encoded, limit));
+        let res = self.clients.send_with(key, |c| c.send_encoded(encoded, limit));
         if res == Some(Err(SendError::BufferFull)) {
             self.send_failed(key);
         }
@@ -158,7 +158,7 @@ impl Gateway {
         if let Message::Bytes(_) = msg {
             self.send_one(key, &msg, p.header.flag);
         }
-        if let Some(c) = self.clients.by_key_mut(key) {
+        if let Some(c) = self.clients.get_mut(key) {
             c.drop_early_output();
         }
         self.close_client(key);
@@ -166,7 +166,7 @@ impl Gateway {
 
     fn update_session(&mut self, id: u32, partial: &[u8]) {
         let max = self.settings.limits.max_session_size;
-        let Some(c) = self.clients.get_mut(id) else { return };
+        let Some(c) = self.clients.by_id_mut(id) else { return };
         if c.session.is_empty() {
             if partial.len() <= max {
                 c.session = partial.to_vec();
@@ -196,7 +196,7 @@ impl Gateway {
             Slot::bump(&self.stats.slot().limit_size);
             return;
         }
-        if let Some(c) = self.clients.get_mut(id) {
+        if let Some(c) = self.clients.by_id_mut(id) {
             c.session = session.to_vec();
         }
     }
@@ -216,7 +216,7 @@ impl Gateway {
             Slot::bump(&self.stats.slot().limit_index);
             return;
         }
-        let Some(c) = self.clients.get_mut(id) else { return };
+        let Some(c) = self.clients.by_id_mut(id) else { return };
         if let Some(old) = c.uid.replace(uid.into()) {
             self.index.uids.remove(&old, id);
         }
@@ -224,7 +224,7 @@ impl Gateway {
     }
 
     fn unbind_uid(&mut self, id: u32) {
-        if let Some(old) = self.clients.get_mut(id).and_then(|c| c.uid.take()) {
+        if let Some(old) = self.clients.by_id_mut(id).and_then(|c| c.uid.take()) {
             self.index.uids.remove(&old, id);
         }
     }
@@ -250,7 +250,7 @@ impl Gateway {
             return;
         }
         let max = self.settings.limits.max_groups_per_client;
-        let Some(c) = self.clients.get_mut(id) else { return };
+        let Some(c) = self.clients.by_id_mut(id) else { return };
         let groups = c.groups.get_or_insert_with(Vec::new);
         if groups.iter().any(|g| &g[..] == group) {
             return;
@@ -269,7 +269,7 @@ impl Gateway {
     }
 
     fn leave_group(&mut self, id: u32, group: &[u8]) {
-        let Some(c) = self.clients.get_mut(id) else { return };
+        let Some(c) = self.clients.by_id_mut(id) else { return };
         if let Some(groups) = c.groups.as_mut() {
             groups.retain(|g| &g[..] != group);
         }
@@ -300,7 +300,7 @@ impl Gateway {
     fn ungroup(&mut self, group: &[u8]) {
         let Some(members) = self.index.groups.take(group) else { return };
         for id in members.ids() {
-            if let Some(groups) = self.clients.get_mut(id).and_then(|c| c.groups.as_mut()) {
+            if let Some(groups) = self.clients.by_id_mut(id).and_then(|c| c.groups.as_mut()) {
                 groups.retain(|g| &g[..] != group);
             }
         }

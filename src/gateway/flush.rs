@@ -9,10 +9,10 @@ use crate::stats::Slot;
 
 impl Gateway {
     pub(super) fn flush_all(&mut self, cx: &mut Ctx<'_, Timer>) {
-        let written = self.clients.table.flush_dirty();
+        let written = self.clients.flush_dirty();
         Slot::add(&self.stats.slot().bytes_written, written);
         // Destroying a client queues its CMD_ON_CLOSE: the worker links are flushed after.
-        for key in self.clients.table.take_dead() {
+        for key in self.clients.take_dead() {
             self.destroy_client(cx, key);
         }
         let written = self.links.table.flush_dirty();
@@ -25,7 +25,7 @@ impl Gateway {
     /// Count a dropped send; close the client if the policy says so.
     pub(super) fn send_failed(&mut self, key: usize) {
         Slot::bump(&self.stats.slot().send_fail);
-        let id = self.clients.by_key(key).map_or(0, |c| c.id);
+        let id = self.clients.get(key).map_or(0, |c| c.id);
         if self.settings.limits.send_full_policy == SendFullPolicy::Close {
             Slot::bump(&self.stats.slot().limit_slow);
             if let Some(more) = self.logs.gate.check("slow_client") {

@@ -14,7 +14,7 @@ pub fn answer(clients: &Clients, index: &Directory, p: &Packet<'_>) -> Vec<u8> {
     let id = p.header.connection_id;
     let value = match p.header.cmd {
         cmd::GET_ALL_CLIENT_SESSIONS => sessions(clients, clients.ids_sorted()),
-        cmd::IS_ONLINE => Value::Int(clients.get(id).is_some() as i64),
+        cmd::IS_ONLINE => Value::Int(clients.by_id(id).is_some() as i64),
         cmd::GET_CLIENT_ID_BY_UID => id_list(uids, p.ext),
         cmd::BATCH_GET_CLIENT_ID_BY_UID => {
             let mut a = Array::new();
@@ -46,7 +46,7 @@ pub fn answer(clients: &Clients, index: &Directory, p: &Packet<'_>) -> Vec<u8> {
             Value::Array(a)
         }
         cmd::GET_SESSION_BY_CLIENT_ID => {
-            return match clients.get(id) {
+            return match clients.by_id(id) {
                 None => b"N;".to_vec(),
                 Some(c) if c.session.is_empty() => b"a:0:{}".to_vec(),
                 Some(c) => c.session.clone(),
@@ -61,7 +61,7 @@ pub fn answer(clients: &Clients, index: &Directory, p: &Packet<'_>) -> Vec<u8> {
 fn sessions(clients: &Clients, ids: Vec<u32>) -> Value {
     let mut a = Array::with_capacity(ids.len());
     for id in ids {
-        if let Some(c) = clients.get(id) {
+        if let Some(c) = clients.by_id(id) {
             a.insert(Key::Int(id as i64), Value::Str(c.session.clone()));
         }
     }
@@ -127,7 +127,7 @@ fn select(clients: &Clients, uids: &Index, groups: &Index, ext: &[u8]) -> Value 
     };
     let mut out = Array::new();
     for id in matched {
-        let Some(c) = clients.get(id) else { continue };
+        let Some(c) = clients.by_id(id) else { continue };
         if out.get(&Key::Int(id as i64)).is_some() {
             continue;
         }

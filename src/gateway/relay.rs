@@ -18,12 +18,12 @@ use crate::wire::php;
 impl Gateway {
     /// Readiness of client `key`: read what arrived, and flush what a TLS step queued.
     pub(super) fn on_client_ready(&mut self, key: usize, ready: Ready) {
-        let Some(c) = self.clients.table.on_ready(key, ready) else { return };
+        let Some(c) = self.clients.on_ready(key, ready) else { return };
         if c.conn.ready.contains(Ready::READABLE) {
             self.read_client(key);
         }
         // A TLS handshake step may have queued records to send.
-        if self.clients.by_key(key).is_some_and(|c| c.wants_flush()) {
+        if self.clients.get(key).is_some_and(|c| c.wants_flush()) {
             self.clients.mark_dirty(key);
         }
     }
@@ -33,7 +33,7 @@ impl Gateway {
         let mut bufs = std::mem::take(&mut self.bufs);
         self.read_client_with(key, &mut bufs.rx, &mut bufs.msg);
         // The shared read buffer must be empty before the next client uses it.
-        match self.clients.by_key_mut(key) {
+        match self.clients.get_mut(key) {
             Some(c) => c.stash(&mut bufs.rx),
             None => bufs.rx.clear(),
         }
@@ -43,7 +43,7 @@ impl Gateway {
     fn read_client_with(&mut self, key: usize, rx: &mut client::Rx, msg: &mut Vec<u8>) {
         let max = self.settings.limits.max_package_size;
         for _ in 0..READ_BUDGET {
-            let Some(c) = self.clients.by_key_mut(key) else { return };
+            let Some(c) = self.clients.get_mut(key) else { return };
             match c.next(rx, msg, max, &self.settings.ws_cfg) {
                 Inbound::Message { binary } => {
                     c.ping = -1;
@@ -72,7 +72,7 @@ impl Gateway {
     }
 
     fn log_closed(&mut self, key: usize, why: &Closed) {
-        let Some(c) = self.clients.by_key(key) else { return };
+        let Some(c) = self.clients.get(key) else { return };
         let slot = self.stats.slot();
         let (kind, reason, key_hint) = match why {
             Closed::Peer => return,
@@ -93,7 +93,7 @@ impl Gateway {
 
     /// Close after writing what is queued (close frame, error page, KICK message).
     pub(super) fn close_client(&mut self, key: usize) {
-        if let Some(c) = self.clients.table.dirty_mut(key) {
+        if let Some(c) = self.clients.dirty_mut(key) {
             c.close_after_flush();
         }
     }
@@ -101,7 +101,7 @@ impl Gateway {
     /// Send one client event to the client's business worker (GatewayWorker's
     /// `sendToWorker`): header with the client's address, ext = session.
     pub(super) fn forward(&mut self, key: usize, command: u8, flags: u8, body: &[u8]) {
-        let Some(c) = self.clients.by_key_mut(key) else { return };
+        let Some(c) = self.clients.get_mut(key) else { return };
         let limit = self.settings.limits.send_to_worker_buffer_size;
         let header = self.me.header(c, command, flags);
         c.route = self.router.route(c.route);
@@ -123,7 +123,7 @@ impl Gateway {
         let parked = std::mem::take(&mut self.links.parked);
         let mut rest = &parked[..];
         while let Ok(Some((p, n))) = packet::decode(rest, usize::MAX) {
-            let route = match self.clients.get_mut(p.header.connection_id) {
+            let route = match self.clients.by_id_mut(p.header.connection_id) {
                 Some(c) => {
                     c.route = self.router.route(c.route);
                     c.route

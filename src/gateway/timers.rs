@@ -42,7 +42,7 @@ impl Gateway {
             }
         }
         for key in expired {
-            if let Some(c) = self.clients.by_key(key)
+            if let Some(c) = self.clients.get(key)
                 && let Some(more) = self.logs.gate.check("heartbeat")
             {
                 info!(
@@ -56,7 +56,7 @@ impl Gateway {
         let limit = self.settings.limits.send_to_client_buffer_size;
         let ws = self.me.proto == Proto::WebSocket;
         for key in ping {
-            if let Some(c) = self.clients.table.dirty_mut(key)
+            if let Some(c) = self.clients.dirty_mut(key)
                 && (!ws || !c.handshaking())
             {
                 let _ = c.send(&data, false, false, limit);
@@ -74,7 +74,7 @@ impl Gateway {
             }
             self.clients.handshakes.pop_front();
             if let Some(key) = self.clients.key_of(id)
-                && self.clients.by_key(key).is_some_and(|c| c.handshaking())
+                && self.clients.get(key).is_some_and(|c| c.handshaking())
             {
                 Slot::bump(&self.stats.slot().limit_handshake);
                 if let Some(more) = self.logs.gate.check("handshake_timeout") {
@@ -98,7 +98,7 @@ impl Gateway {
             for key in stale {
                 Slot::bump(&self.stats.slot().limit_idle);
                 if let Some(more) = self.logs.gate.check("idle") {
-                    let id = self.clients.by_key(key).map_or(0, |c| c.id);
+                    let id = self.clients.get(key).map_or(0, |c| c.id);
                     info!(
                         "gateway: client {id} idle for {idle} s (gateway.limits.idle_timeout), closing{more}"
                     );

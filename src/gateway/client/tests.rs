@@ -110,13 +110,19 @@ fn websocket_messages_before_the_handshake_follow_the_101() {
     assert_eq!(&got[head_end..], b"\x81\x05early");
 }
 
-#[test]
-fn websocket_binary_ping_and_close() {
+/// A websocket client past its handshake, the 101 read by the peer.
+fn upgraded() -> (Client, std::os::unix::net::UnixStream) {
     let (mut c, mut peer) = pair(Proto::WebSocket);
     peer.write_all(HANDSHAKE).unwrap();
     drain(&mut c);
     c.flush().unwrap();
     peer_read(&mut peer);
+    (c, peer)
+}
+
+#[test]
+fn websocket_binary_ping_and_close() {
+    let (mut c, mut peer) = upgraded();
     let mut frames = masked(2, &[0, 1, 255]);
     frames.extend(masked(9, b"pp"));
     peer.write_all(&frames).unwrap();
@@ -133,11 +139,7 @@ fn websocket_binary_ping_and_close() {
 
 #[test]
 fn websocket_protocol_errors_queue_a_close_frame() {
-    let (mut c, mut peer) = pair(Proto::WebSocket);
-    peer.write_all(HANDSHAKE).unwrap();
-    drain(&mut c);
-    c.flush().unwrap();
-    peer_read(&mut peer);
+    let (mut c, mut peer) = upgraded();
     peer.write_all(&[0x81, 0x02, b'n', b'o']).unwrap(); // unmasked
     assert!(matches!(drain(&mut c).1.as_slice(), [Inbound::Closed(Closed::Bad(..))]));
     c.flush().unwrap();

@@ -156,13 +156,30 @@ impl Gw {
 
     /// A business worker that sent its WORKER_CONNECT (not known to be executed yet).
     pub fn link_worker(&self, name: &str) -> FakeWorker {
-        let mut w = FakeWorker::connect(self.inner);
-        w.command(cmd::WORKER_CONNECT, 0, flag::BODY_IS_SCALAR, b"", &worker_connect_body(name, SECRET));
+        let mut w = Peer::connect(self.inner);
+        w.scalar(cmd::WORKER_CONNECT, 0, b"", &worker_connect_body(name, SECRET));
         w
     }
 
     pub fn client(&self) -> Client {
-        Client::connect(self.public)
+        Peer::connect(self.public)
+    }
+
+    /// A GatewayClient link with the right secret.
+    pub fn api(&self) -> FakeWorker {
+        let mut api = Peer::connect(self.inner);
+        api.scalar(
+            cmd::GATEWAY_CLIENT_CONNECT,
+            0,
+            b"",
+            &crate::wire::register::gateway_client_connect_body(SECRET),
+        );
+        api
+    }
+
+    /// An inner link that said nothing yet.
+    pub fn stranger(&self) -> FakeWorker {
+        Peer::connect(self.inner)
     }
 }
 
@@ -189,28 +206,82 @@ pub struct Got {
     pub body: Vec<u8>,
 }
 
-/// A business worker's (or GatewayClient's) link to the gateway.
-pub struct FakeWorker {
-    s: TcpStream,
+/// A socket to the gateway and the bytes read from it and not consumed yet.
+pub struct Peer {
+    pub s: TcpStream,
     buf: Vec<u8>,
 }
 
-impl FakeWorker {
-    pub fn connect(addr: SocketAddr) -> FakeWorker {
+impl Peer {
+    fn connect(addr: SocketAddr) -> Peer {
         let s = TcpStream::connect(addr).unwrap();
         s.set_nodelay(true).unwrap();
-        FakeWorker { s, buf: Vec::new() }
+        Peer { s, buf: Vec::new() }
     }
 
-    pub fn send(&mut self, h: &Header, ext: &[u8], body: &[u8]) {
+    /// One read, failing the test at `until`; false on EOF or reset.
+    fn fill(&mut self, until: Instant) -> bool {
+        let left = until.saturating_duration_since(Instant::now());
+        assert!(!left.is_zero(), "waited {DEADLINE:?}; have {:?}", self.buf);
+        self.s.set_read_timeout(Some(left)).unwrap();
+        let mut chunk = [0u8; 65536];
+        match self.s.read(&mut chunk) {
+            Ok(0) => false,
+            Ok(n) => {
+                self.buf.extend_from_slice(&chunk[..n]);
+                true
+            }
+            Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) => true,
+            Err(e) if e.kind() == io::ErrorKind::ConnectionReset => false,
+            Err(e) => panic!("read: {e}"),
+        }
+    }
+
+    /// Read until `done` finds a whole item in the buffer (it returns the bytes it used).
+    pub fn until<T>(&mut self, mut done: impl FnMut(&[u8]) -> Option<(T, usize)>) -> T {
+        let until = Instant::now() + DEADLINE;
+        loop {
+            if let Some((item, used)) = done(&self.buf) {
+                self.buf.drain(..used);
+                return item;
+            }
+            assert!(self.fill(until), "the gateway closed the connection; have {:?}", self.buf);
+        }
+    }
+
+    /// The gateway closed the connection; returns the bytes received before the close.
+    pub fn until_closed(&mut self) -> Vec<u8> {
+        let until = Instant::now() + DEADLINE;
+        while self.fill(until) {}
+        std::mem::take(&mut self.buf)
+    }
+
+    /// Nothing arrived (call after a worker's `sync`: the gateway writes to clients before
+    /// it answers the query of that turn, and to a link in order).
+    pub fn assert_idle(&mut self) {
+        self.s.set_nonblocking(true).unwrap();
+        let mut b = [0u8; 64];
+        let res = self.s.read(&mut b);
+        self.s.set_nonblocking(false).unwrap();
+        assert!(self.buf.is_empty(), "unexpected bytes {:?}", self.buf);
+        assert!(matches!(&res, Err(e) if e.kind() == io::ErrorKind::WouldBlock), "unexpected read {res:?}");
+    }
+}
+
+/// A business worker's (or GatewayClient's) link to the gateway.
+pub type FakeWorker = Peer;
+
+impl FakeWorker {
+    /// A command for connection `id`.
+    pub fn command(&mut self, command: u8, id: u32, flags: u8, ext: &[u8], body: &[u8]) {
         let mut v = Vec::new();
-        packet::encode(&mut v, h, ext, body);
+        packet::encode(&mut v, &Header::command(command, id, flags), ext, body);
         self.s.write_all(&v).unwrap();
     }
 
-    /// A command for connection `id`.
-    pub fn command(&mut self, command: u8, id: u32, flags: u8, ext: &[u8], body: &[u8]) {
-        self.send(&Header::command(command, id, flags), ext, body);
+    /// A command with a scalar body (what the worker API sends for strings).
+    pub fn scalar(&mut self, command: u8, id: u32, ext: &[u8], body: &[u8]) {
+        self.command(command, id, flag::BODY_IS_SCALAR, ext, body);
     }
 
     /// Wait until the gateway executed everything sent so far (a query answered in order).
@@ -218,34 +289,12 @@ impl FakeWorker {
         self.query(cmd::IS_ONLINE, 0, b"");
     }
 
-    /// Read more bytes, failing the test at the deadline. `Ok(false)` on EOF.
-    fn fill(&mut self, until: Instant) -> io::Result<bool> {
-        let left = until.saturating_duration_since(Instant::now());
-        assert!(!left.is_zero(), "nothing from the gateway in {DEADLINE:?}");
-        self.s.set_read_timeout(Some(left))?;
-        let mut chunk = [0u8; 65536];
-        match self.s.read(&mut chunk) {
-            Ok(0) => Ok(false),
-            Ok(n) => {
-                self.buf.extend_from_slice(&chunk[..n]);
-                Ok(true)
-            }
-            Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) => Ok(true),
-            Err(e) => Err(e),
-        }
-    }
-
     /// The next packet from the gateway.
     pub fn next(&mut self) -> Got {
-        let until = Instant::now() + DEADLINE;
-        loop {
-            if let Some((p, n)) = packet::decode(&self.buf, usize::MAX).unwrap() {
-                let got = Got { header: p.header, ext: p.ext.to_vec(), body: p.body.to_vec() };
-                self.buf.drain(..n);
-                return got;
-            }
-            assert!(self.fill(until).unwrap(), "gateway closed the link");
-        }
+        self.until(|buf| {
+            let (p, n) = packet::decode(buf, usize::MAX).unwrap()?;
+            Some((Got { header: p.header, ext: p.ext.to_vec(), body: p.body.to_vec() }, n))
+        })
     }
 
     /// The next packet, which must be `command`.
@@ -257,51 +306,28 @@ impl FakeWorker {
 
     /// Send query `command` and return its serialized reply.
     pub fn query(&mut self, command: u8, id: u32, ext: &[u8]) -> Vec<u8> {
-        self.command(command, id, flag::BODY_IS_SCALAR, ext, b"");
-        let until = Instant::now() + DEADLINE;
-        loop {
-            if self.buf.len() >= 4 {
-                let len = u32::from_be_bytes(self.buf[..4].try_into().unwrap()) as usize;
-                if self.buf.len() >= 4 + len {
-                    let reply = self.buf[4..4 + len].to_vec();
-                    self.buf.drain(..4 + len);
-                    return reply;
-                }
-            }
-            assert!(self.fill(until).unwrap(), "gateway closed the link");
-        }
+        self.scalar(command, id, ext, b"");
+        self.until(|buf| {
+            let len = u32::from_be_bytes(buf.get(..4)?.try_into().ok()?) as usize;
+            Some((buf.get(4..4 + len)?.to_vec(), 4 + len))
+        })
     }
 
-    /// The gateway closed this link (EOF before the deadline); packets before it are skipped.
-    pub fn expect_closed(&mut self) {
-        let until = Instant::now() + DEADLINE;
-        while self.fill(until).unwrap_or(false) {}
-    }
-
-    /// Nothing is waiting for this worker (checked after a round trip on `other`).
-    pub fn assert_idle(&mut self) {
-        self.s.set_nonblocking(true).unwrap();
-        let mut b = [0u8; 1];
-        let res = self.s.read(&mut b);
-        self.s.set_nonblocking(false).unwrap();
-        assert!(self.buf.is_empty(), "unexpected bytes {:?}", self.buf);
-        assert!(matches!(&res, Err(e) if e.kind() == io::ErrorKind::WouldBlock), "unexpected read {res:?}");
+    /// Query, and check the reply is `expected`.
+    pub fn ask(&mut self, command: u8, id: u32, ext: &[u8], expected: impl AsRef<[u8]>) {
+        let got = self.query(command, id, ext);
+        assert_eq!(
+            String::from_utf8_lossy(&got),
+            String::from_utf8_lossy(expected.as_ref()),
+            "query {command}"
+        );
     }
 }
 
-/// A client of a text gateway (or any protocol, reading raw bytes).
-pub struct Client {
-    pub s: TcpStream,
-    buf: Vec<u8>,
-}
+/// A client (text, or any protocol read as raw bytes).
+pub type Client = Peer;
 
 impl Client {
-    pub fn connect(addr: SocketAddr) -> Client {
-        let s = TcpStream::connect(addr).unwrap();
-        s.set_nodelay(true).unwrap();
-        Client { s, buf: Vec::new() }
-    }
-
     pub fn local(&self) -> SocketAddrV4 {
         match self.s.local_addr().unwrap() {
             SocketAddr::V4(a) => a,
@@ -313,52 +339,34 @@ impl Client {
         self.s.write_all(bytes).unwrap();
     }
 
-    /// One read with the deadline `until`; false on EOF or reset.
-    fn fill(&mut self, until: Instant) -> bool {
-        let left = until.saturating_duration_since(Instant::now());
-        assert!(!left.is_zero(), "client waited {DEADLINE:?}; has {:?}", self.buf);
-        self.s.set_read_timeout(Some(left)).unwrap();
-        let mut chunk = [0u8; 65536];
-        match self.s.read(&mut chunk) {
-            Ok(0) => false,
-            Ok(k) => {
-                self.buf.extend_from_slice(&chunk[..k]);
-                true
-            }
-            Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) => true,
-            Err(e) if e.kind() == io::ErrorKind::ConnectionReset => false,
-            Err(e) => panic!("client read: {e}"),
-        }
-    }
-
     /// Exactly `n` bytes.
     pub fn bytes(&mut self, n: usize) -> Vec<u8> {
-        let until = Instant::now() + DEADLINE;
-        while self.buf.len() < n {
-            assert!(self.fill(until), "client closed; has {:?}, wanted {n} bytes", self.buf);
-        }
-        self.buf.drain(..n).collect()
+        self.until(|buf| (buf.len() >= n).then(|| (buf[..n].to_vec(), n)))
     }
 
     /// The next text line, without its newline.
     pub fn line(&mut self) -> Vec<u8> {
-        let until = Instant::now() + DEADLINE;
-        loop {
-            if let Some(pos) = self.buf.iter().position(|&b| b == b'\n') {
-                let line = self.buf[..pos].to_vec();
-                self.buf.drain(..=pos);
-                return line;
-            }
-            assert!(self.fill(until), "client closed before a whole line; has {:?}", self.buf);
-        }
+        self.until(|buf| {
+            let pos = buf.iter().position(|&b| b == b'\n')?;
+            Some((buf[..pos].to_vec(), pos + 1))
+        })
     }
+}
 
-    /// The gateway closed the connection; returns the bytes received before the close.
-    pub fn until_closed(&mut self) -> Vec<u8> {
-        let until = Instant::now() + DEADLINE;
-        while self.fill(until) {}
-        std::mem::take(&mut self.buf)
-    }
+/// A gateway of protocol `proto`, one linked worker, and `n` connected clients whose
+/// ON_CONNECT reached the worker.
+pub struct Setup {
+    pub gw: Gw,
+    pub w: FakeWorker,
+    pub clients: Vec<Client>,
+    pub ids: Vec<u32>,
+}
+
+pub fn setup(proto: Proto, n: usize) -> Setup {
+    let gw = Gw::start(proto);
+    let mut w = gw.worker("w:0");
+    let (clients, ids) = (0..n).map(|_| connected(&gw, &mut w)).unzip();
+    Setup { gw, w, clients, ids }
 }
 
 /// A client that connected and whose ON_CONNECT reached `w`: its connection id.
