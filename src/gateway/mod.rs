@@ -19,7 +19,7 @@ pub mod server_vars;
 mod timers;
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;
 
 use std::io;
 use std::net::Ipv4Addr;

@@ -5,6 +5,8 @@
 //! sent to it, flushes and exits.
 
 mod links;
+#[cfg(test)]
+mod tests;
 
 use std::collections::{HashMap, HashSet};
 use std::io;
@@ -80,45 +82,9 @@ pub struct Worker {
 
 /// Entry point of a business worker process.
 pub fn run(cfg: &Config, id: u16, app: Box<dyn Events>, stats: Stats) -> io::Result<()> {
-    let w = cfg.worker.as_ref().ok_or_else(|| io::Error::other("no [worker] section"))?;
     let mut reactor = Reactor::new()?;
     reactor.watch_signals(&crate::master::CHILD_SIGNALS)?;
-    let local = LocalGateways { lan_ip: cfg.lan_ip, run_dir: cfg.run_dir.clone() };
-    // GatewayWorker's key is `name:id`; a reload replacement runs next to the worker it
-    // replaces, so it gets a key of its own (a gateway evicts the older of two equal keys).
-    let generation: u64 = std::env::var("GW_GENERATION").ok().and_then(|g| g.parse().ok()).unwrap_or(0);
-    let worker_key =
-        if generation == 0 { format!("{}:{id}", w.name) } else { format!("{}:{id}-r{generation}", w.name) };
-    let mut worker = Worker {
-        name: w.name.clone(),
-        id,
-        app,
-        registers: cfg
-            .register_address
-            .iter()
-            .enumerate()
-            .map(|(i, a)| Link::new(Target::Tcp(SocketAddr::V4(*a)), Token(REGISTER_BASE + i), "Text"))
-            .collect(),
-        register_line: lines::worker_connect(&cfg.secret_key),
-        known: Vec::new(),
-        have_list: false,
-        links: GatewayLinks::new(
-            local.clone(),
-            lines::worker_connect_body(&worker_key, &cfg.secret_key),
-            LINK_BASE,
-        ),
-        retrying: HashSet::new(),
-        pool: QueryPool::new(&cfg.secret_key, w.query_timeout, Some(local)),
-        versions: HashMap::new(),
-        timer_requests: Vec::new(),
-        next_timer: 0,
-        user_timers: HashMap::new(),
-        stats,
-        stop: Stop::No,
-        drain_started: None,
-        stopped_app: false,
-        run_dir: cfg.run_dir.clone(),
-    };
+    let mut worker = Worker::new(cfg, id, app, stats)?;
     {
         let mut cx = reactor.ctx();
         for i in 0..worker.registers.len() {
@@ -135,6 +101,44 @@ pub fn run(cfg: &Config, id: u16, app: Box<dyn Events>, stats: Stats) -> io::Res
 }
 
 impl Worker {
+    fn new(cfg: &Config, id: u16, app: Box<dyn Events>, stats: Stats) -> io::Result<Worker> {
+        let w = cfg.worker.as_ref().ok_or_else(|| io::Error::other("no [worker] section"))?;
+        let local = LocalGateways { lan_ip: cfg.lan_ip, run_dir: cfg.run_dir.clone() };
+        // GatewayWorker's key is `name:id`; a reload replacement runs next to the worker it
+        // replaces, so it gets a key of its own (a gateway evicts the older of two equal keys).
+        let generation: u64 = std::env::var("GW_GENERATION").ok().and_then(|g| g.parse().ok()).unwrap_or(0);
+        let worker_key = if generation == 0 {
+            format!("{}:{id}", w.name)
+        } else {
+            format!("{}:{id}-r{generation}", w.name)
+        };
+        let register = |(i, a): (usize, &SocketAddrV4)| {
+            Link::new(Target::Tcp(SocketAddr::V4(*a)), Token(REGISTER_BASE + i), "Text")
+        };
+        let connect_body = lines::worker_connect_body(&worker_key, &cfg.secret_key);
+        Ok(Worker {
+            name: w.name.clone(),
+            id,
+            app,
+            registers: cfg.register_address.iter().enumerate().map(register).collect(),
+            register_line: lines::worker_connect(&cfg.secret_key),
+            known: Vec::new(),
+            have_list: false,
+            links: GatewayLinks::new(local.clone(), connect_body, LINK_BASE),
+            retrying: HashSet::new(),
+            pool: QueryPool::new(&cfg.secret_key, w.query_timeout, Some(local)),
+            versions: HashMap::new(),
+            timer_requests: Vec::new(),
+            next_timer: 0,
+            user_timers: HashMap::new(),
+            stats,
+            stop: Stop::No,
+            drain_started: None,
+            stopped_app: false,
+            run_dir: cfg.run_dir.clone(),
+        })
+    }
+
     /// Run `f` with a `Context` (current client `current`), then save a changed session
     /// and arm the timers it asked for. A panic in application code is logged and the
     /// worker goes on with the next event.

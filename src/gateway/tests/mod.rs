@@ -69,7 +69,7 @@ pub struct Gw {
     dir: PathBuf,
 }
 
-fn config(proto: Proto, dir: &std::path::Path, tweak: impl FnOnce(&mut GatewayLimits)) -> Config {
+pub(crate) fn config(proto: Proto, dir: &std::path::Path, tweak: impl FnOnce(&mut GatewayLimits)) -> Config {
     let mut limits = GatewayLimits {
         max_package_size: 1 << 20,
         send_to_client_buffer_size: 1 << 20,
