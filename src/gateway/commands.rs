@@ -1,5 +1,5 @@
-//! Executing what business workers and GatewayClients send to a gateway (GATEWAYWORKER.md
-//! §2.3): sends, closes, sessions, uid/group changes, worker registration; queries are
+//! Executing what business workers and GatewayClients send to a gateway (GatewayWorker's
+//! commands): sends, closes, sessions, uid/group changes, worker registration; queries are
 //! answered by `queries`.
 
 use std::borrow::Cow;
@@ -216,16 +216,14 @@ impl Gateway {
             Slot::bump(&self.stats.slot().limit_index);
             return;
         }
-        let Some(c) = self.clients.by_id_mut(id) else { return };
-        if let Some(old) = c.uid.replace(uid.into()) {
-            self.index.uids.remove(&old, id);
+        if let Some(c) = self.clients.by_id_mut(id) {
+            self.index.bind_uid(c, uid);
         }
-        self.index.uids.add(uid, id);
     }
 
     fn unbind_uid(&mut self, id: u32) {
-        if let Some(old) = self.clients.by_id_mut(id).and_then(|c| c.uid.take()) {
-            self.index.uids.remove(&old, id);
+        if let Some(c) = self.clients.by_id_mut(id) {
+            self.index.unbind_uid(c);
         }
     }
 
@@ -249,31 +247,24 @@ impl Gateway {
             warn!("gateway: joinGroup with an empty group for client {id}; ignored");
             return;
         }
-        let max = self.settings.limits.max_groups_per_client;
+        let limits = &self.settings.limits;
         let Some(c) = self.clients.by_id_mut(id) else { return };
-        let groups = c.groups.get_or_insert_with(Vec::new);
-        if groups.iter().any(|g| &g[..] == group) {
-            return;
-        }
-        if groups.len() >= max || group.len() > self.settings.limits.max_uid_len {
+        // A name over the length limit may join no group.
+        let max = if group.len() > limits.max_uid_len { 0 } else { limits.max_groups_per_client };
+        if !self.index.join(c, group, max) {
             Slot::bump(&self.stats.slot().limit_index);
             if let Some(more) = self.logs.gate.check("groups") {
                 warn!(
                     "gateway: client {id} may not join more groups (gateway.limits.max_groups_per_client / max_uid_len); ignored{more}"
                 );
             }
-            return;
         }
-        groups.push(group.into());
-        self.index.groups.add(group, id);
     }
 
     fn leave_group(&mut self, id: u32, group: &[u8]) {
-        let Some(c) = self.clients.by_id_mut(id) else { return };
-        if let Some(groups) = c.groups.as_mut() {
-            groups.retain(|g| &g[..] != group);
+        if let Some(c) = self.clients.by_id_mut(id) {
+            self.index.leave(c, group);
         }
-        self.index.groups.remove(group, id);
     }
 
     fn send_to_group(&mut self, p: &Packet<'_>) {
@@ -298,12 +289,7 @@ impl Gateway {
     }
 
     fn ungroup(&mut self, group: &[u8]) {
-        let Some(members) = self.index.groups.take(group) else { return };
-        for id in members.ids() {
-            if let Some(groups) = self.clients.by_id_mut(id).and_then(|c| c.groups.as_mut()) {
-                groups.retain(|g| &g[..] != group);
-            }
-        }
+        self.index.ungroup(&mut self.clients, group);
     }
 
     fn worker_connect(&mut self, from: usize, body: &[u8]) {

@@ -54,25 +54,6 @@ impl Members {
     }
 }
 
-/// The uid and group indices of a gateway.
-#[derive(Debug, Default)]
-pub struct Directory {
-    pub uids: Index,
-    pub groups: Index,
-}
-
-impl Directory {
-    /// Drop a departing client's uid and group memberships.
-    pub fn forget(&mut self, id: u32, uid: Option<Box<[u8]>>, groups: Option<Vec<Box<[u8]>>>) {
-        if let Some(uid) = uid {
-            self.uids.remove(&uid, id);
-        }
-        for g in groups.unwrap_or_default() {
-            self.groups.remove(&g, id);
-        }
-    }
-}
-
 /// name -> members (used for both groups and uids).
 #[derive(Debug, Default)]
 pub struct Index {

@@ -1,12 +1,13 @@
 //! A gateway process: holds client connections (websocket, wss, text, frame), forwards every
 //! client event to one business worker (sticky, least connections) and executes the
 //! commands and queries workers and GatewayClients send on its inner port / Unix socket.
-//! It runs no business code (GATEWAYWORKER.md §1.3).
+//! It runs no business code.
 
 mod accept;
 mod client;
 mod clients;
 mod commands;
+mod directory;
 mod flush;
 mod index;
 mod inner;
@@ -40,7 +41,7 @@ use crate::stats::conns::{self, ConnInfo};
 use crate::stats::{Slot, State, Stats};
 
 use clients::Clients;
-use index::Directory;
+use directory::Directory;
 use inner::Links;
 use registers::Registers;
 use router::Router;

@@ -1,10 +1,11 @@
 //! Answers to query commands, byte for byte as GatewayWorker serializes them
-//! (GATEWAYWORKER.md §2.3-2.4). The caller frames them as `u32_be(len) ‖ payload`.
+//! (PHP `serialize`). The caller frames them as `u32_be(len) ‖ payload`.
 
 use serde_json::Value as Json;
 
 use super::clients::Clients;
-use super::index::{Directory, Index};
+use super::directory::Directory;
+use super::index::Index;
 use crate::wire::packet::{Packet, cmd};
 use crate::wire::php::{self, Array, Key, Value};
 

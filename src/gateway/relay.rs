@@ -141,7 +141,7 @@ impl Gateway {
         self.forward(key, cmd::ON_CLOSE, flag::BODY_IS_SCALAR, &[]);
         let Some(mut c) = self.clients.remove(cx.registry, key) else { return };
         c.release();
-        self.index.forget(c.id, c.uid.take(), c.groups.take());
+        self.index.forget(&mut c);
         if let Some(r) = c.route {
             self.router.unbind(r);
         }

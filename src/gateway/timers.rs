@@ -23,7 +23,8 @@ impl Gateway {
         })
     }
 
-    /// GATEWAYWORKER.md §5.2, one tick.
+    /// One heartbeat tick, as GatewayWorker's `ping` timer: count silence, close the clients
+    /// over the limit, send `ping_data` to the others.
     pub(super) fn heartbeat(&mut self) {
         let limit = self.settings.ping_limit as i32;
         let mut expired = Vec::new();
