@@ -13,7 +13,6 @@ mod index;
 mod inner;
 mod links;
 mod queries;
-mod registers;
 mod relay;
 mod router;
 pub mod server_vars;
@@ -37,13 +36,14 @@ use crate::cli::logger::{OncePerPeer, Throttle};
 use crate::config::{Config, GatewayConf, GatewayLimits, Proto};
 use crate::net::websocket;
 use crate::reactor::{Ctx, Reactor, Ready, Service};
+use crate::register::links::RegisterLinks;
 use crate::stats::conns::{self, ConnInfo};
 use crate::stats::{Slot, State, Stats};
+use crate::wire::register as lines;
 
 use clients::Clients;
 use directory::Directory;
 use inner::Links;
-use registers::Registers;
 use router::Router;
 
 const PUBLIC: Token = Token(0);
@@ -153,7 +153,7 @@ pub struct Gateway {
     router: Router,
     /// uid and group memberships.
     index: Directory,
-    registers: Registers,
+    registers: RegisterLinks,
     bufs: Bufs,
     logs: Logs,
     started: Instant,
@@ -223,7 +223,12 @@ impl Gateway {
             links: Links::new(INNER_BASE),
             router: Router::default(),
             index: Directory::default(),
-            registers: Registers::new(cfg, REGISTER_BASE, &address),
+            registers: RegisterLinks::new(
+                &cfg.register_address,
+                REGISTER_BASE,
+                lines::gateway_connect(&address, &cfg.secret_key),
+                "gateway",
+            ),
             bufs: Bufs::default(),
             logs: Logs { gate: Throttle::new(LOG_PERIOD), refused: OncePerPeer::new(), last_no_worker: None },
             started: Instant::now(),
@@ -238,7 +243,7 @@ impl Gateway {
         cx.registry.register(&mut l.public, PUBLIC, Interest::READABLE)?;
         cx.registry.register(&mut l.inner_tcp, INNER_TCP, Interest::READABLE)?;
         cx.registry.register(&mut l.inner_unix, INNER_UNIX, Interest::READABLE)?;
-        self.registers.dial_all(cx);
+        self.registers.dial_all(cx, Timer::RegisterRetry);
         cx.after(Duration::from_secs(1), Timer::Tick);
         if let Some(period) = self.heartbeat_period() {
             cx.after(period, Timer::Heartbeat);
@@ -263,7 +268,7 @@ impl Gateway {
         };
         let mut out: Vec<ConnInfo> = self.clients.iter().map(|(_, c)| client(c)).collect();
         out.extend(self.links.conn_infos());
-        out.extend(self.registers.conn_infos());
+        out.extend(self.registers.conn_infos(0));
         out
     }
 
@@ -300,7 +305,10 @@ impl Service for Gateway {
             INNER_UNIX => self.accept_inner(cx, true),
             Token(t) if t >= CLIENT_BASE => self.on_client_ready(t - CLIENT_BASE, ready),
             Token(t) if t >= INNER_BASE => self.on_inner_ready(t - INNER_BASE, ready),
-            Token(t) if t >= REGISTER_BASE => self.registers.on_ready(cx, t - REGISTER_BASE, ready),
+            Token(t) if t >= REGISTER_BASE => {
+                // Registers never write to gateways: reading only notices a close.
+                self.registers.on_ready(cx, t - REGISTER_BASE, ready, Timer::RegisterRetry);
+            }
             Token(_) => {}
         }
     }
@@ -314,7 +322,7 @@ impl Service for Gateway {
                     cx.after(p, Timer::Heartbeat);
                 }
             }
-            Timer::RegisterRetry(i) => self.registers.dial(cx, i),
+            Timer::RegisterRetry(i) => self.registers.dial(cx, i, Timer::RegisterRetry),
             Timer::KeepAlive => self.keepalive(cx),
             Timer::ResumeAccept => {
                 self.accept.backoff = false;

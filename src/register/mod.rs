@@ -2,6 +2,8 @@
 //! workers (and GatewayClients) receive the list and every change of it. It never carries
 //! client traffic.
 
+pub mod links;
+
 use std::io;
 use std::net::SocketAddr;
 use std::time::Duration;

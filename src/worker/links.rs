@@ -78,13 +78,9 @@ impl GatewayLinks {
         self.table.get(key).map(|l| l.target.to_string()).unwrap_or_default()
     }
 
-    /// The key of a link's poll token, when the token is one of ours.
-    pub fn key_of(&self, token: mio::Token) -> Option<usize> {
-        self.table.key_of(token)
-    }
-
-    /// Start linking to `gw`: Unix socket when it is on this host, TCP otherwise.
-    pub fn dial(&mut self, reg: &Registry, gw: SocketAddrV4) -> io::Result<()> {
+    /// Start linking to `gw`: Unix socket when it is on this host, TCP otherwise. Returns
+    /// the link's key.
+    pub fn dial(&mut self, reg: &Registry, gw: SocketAddrV4) -> io::Result<usize> {
         let target = match self.local.socket(gw) {
             Some(path) => Target::Unix(path),
             None => Target::Tcp(SocketAddr::V4(gw)),
@@ -95,7 +91,7 @@ impl GatewayLinks {
         let l = GwLink { addr: gw, target, conn, connected: false, drain_requested: false, acked: false };
         let key = self.table.insert(reg, l)?;
         self.by_addr.insert(gw, key);
-        Ok(())
+        Ok(key)
     }
 
     /// Fold in readiness; `Ok(true)` when the link just became connected.

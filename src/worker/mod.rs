@@ -10,7 +10,7 @@ mod tests;
 
 use std::collections::{HashMap, HashSet};
 use std::io;
-use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::net::{Ipv4Addr, SocketAddrV4};
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::time::{Duration, Instant};
 
@@ -23,8 +23,8 @@ use crate::api::transport::{LocalGateways, Pkt, QueryPool};
 use crate::api::{Events, Value};
 use crate::config::Config;
 use crate::net::conn::ReadEnd;
-use crate::net::link::{Link, Target};
 use crate::reactor::{Ctx, Reactor, Ready, Service, TimerId};
+use crate::register::links::RegisterLinks;
 use crate::stats::{Slot, State, Stats};
 use crate::wire::packet::{self, Packet, cmd, flag};
 use crate::wire::{crc32, php, register as lines};
@@ -59,8 +59,7 @@ pub struct Worker {
     name: String,
     id: u16,
     app: Box<dyn Events>,
-    registers: Vec<Link>,
-    register_line: Vec<u8>,
+    registers: RegisterLinks,
     /// Gateways announced by the registers.
     known: Vec<SocketAddrV4>,
     /// The registers answered at least once.
@@ -87,9 +86,7 @@ pub fn run(cfg: &Config, id: u16, app: Box<dyn Events>, stats: Stats) -> io::Res
     let mut worker = Worker::new(cfg, id, app, stats)?;
     {
         let mut cx = reactor.ctx();
-        for i in 0..worker.registers.len() {
-            worker.dial_register(&mut cx, i);
-        }
+        worker.registers.dial_all(&mut cx, Timer::RegisterRetry);
         cx.after(Duration::from_secs(1), Timer::Tick);
         if cfg.register_address.iter().any(|a| !a.ip().is_loopback()) {
             cx.after(KEEPALIVE, Timer::KeepAlive);
@@ -112,16 +109,17 @@ impl Worker {
         } else {
             format!("{}:{id}-r{generation}", w.name)
         };
-        let register = |(i, a): (usize, &SocketAddrV4)| {
-            Link::new(Target::Tcp(SocketAddr::V4(*a)), Token(REGISTER_BASE + i), "Text")
-        };
         let connect_body = lines::worker_connect_body(&worker_key, &cfg.secret_key);
         Ok(Worker {
             name: w.name.clone(),
             id,
             app,
-            registers: cfg.register_address.iter().enumerate().map(register).collect(),
-            register_line: lines::worker_connect(&cfg.secret_key),
+            registers: RegisterLinks::new(
+                &cfg.register_address,
+                REGISTER_BASE,
+                lines::worker_connect(&cfg.secret_key),
+                "business worker",
+            ),
             known: Vec::new(),
             have_list: false,
             links: GatewayLinks::new(local.clone(), connect_body, LINK_BASE),
@@ -190,45 +188,16 @@ impl Worker {
     // ----- registers ---------------------------------------------------------------------
 
     fn dial_register(&mut self, cx: &mut Ctx<'_, Timer>, i: usize) {
-        if self.stop != Stop::No {
-            return;
-        }
-        let link = &mut self.registers[i];
-        if let Err(e) = link.dial(cx.registry, &self.register_line) {
-            warn!("business worker: cannot reach register {}: {e}; retrying in 1 s", link.target);
-            link.close(cx.registry);
-            cx.after(Duration::from_secs(1), Timer::RegisterRetry(i));
+        if self.stop == Stop::No {
+            self.registers.dial(cx, i, Timer::RegisterRetry);
         }
     }
 
     fn on_register_ready(&mut self, cx: &mut Ctx<'_, Timer>, i: usize, ready: Ready) {
-        let link = &mut self.registers[i];
-        let res = link.on_ready(ready).and_then(|_| {
-            let end = link.read(1 << 20)?;
-            link.flush()?;
-            Ok(end)
-        });
-        let mut lists = Vec::new();
-        if let Some(inbuf) = link.conn.as_mut().map(|c| &mut c.inbuf) {
-            while let Some(pos) = inbuf.data().iter().position(|&b| b == b'\n') {
-                if let Some(list) = lines::parse_broadcast(inbuf.data()[..pos].trim_ascii_end()) {
-                    lists.push(list);
-                }
-                inbuf.consume(pos + 1);
+        for line in self.registers.on_ready(cx, i, ready, Timer::RegisterRetry) {
+            if let Some(list) = lines::parse_broadcast(&line) {
+                self.on_addresses(cx, list);
             }
-        }
-        let closed = !matches!(res, Ok(ReadEnd::Drained) | Ok(ReadEnd::Full));
-        if closed {
-            let why = match res {
-                Err(e) => e.to_string(),
-                _ => "closed by the register".into(),
-            };
-            warn!("business worker: register link {} lost ({why}); reconnecting in 1 s", link.target);
-            link.close(cx.registry);
-            cx.after(Duration::from_secs(1), Timer::RegisterRetry(i));
-        }
-        for list in lists {
-            self.on_addresses(cx, list);
         }
     }
 
@@ -403,9 +372,7 @@ impl Worker {
         self.stop = Stop::Draining;
         self.drain_started = Some(Instant::now());
         self.stats.slot().set_state(State::Draining);
-        for link in &mut self.registers {
-            link.close(cx.registry);
-        }
+        self.registers.close_all(cx.registry);
         let n = self.links.request_drain();
         info!("business worker {}[{}]: draining ({n} gateway links)", self.name, self.id);
     }
@@ -424,13 +391,11 @@ impl Service for Worker {
     type Timer = Timer;
 
     fn on_ready(&mut self, cx: &mut Ctx<'_, Timer>, token: Token, ready: Ready) {
-        let t = token.0;
-        if (REGISTER_BASE..LINK_BASE).contains(&t) {
-            if t - REGISTER_BASE < self.registers.len() {
-                self.on_register_ready(cx, t - REGISTER_BASE, ready);
-            }
-        } else if let Some(key) = self.links.key_of(token) {
-            self.on_link_ready(cx, key, ready);
+        match token {
+            Token(t) if t >= LINK_BASE => self.on_link_ready(cx, t - LINK_BASE, ready),
+            // An index past the last register is ignored there.
+            Token(t) if t >= REGISTER_BASE => self.on_register_ready(cx, t - REGISTER_BASE, ready),
+            Token(_) => {}
         }
     }
 
@@ -439,8 +404,7 @@ impl Service for Worker {
             Timer::Tick => {
                 let slot = self.stats.slot();
                 slot.tick();
-                let regs = self.registers.iter().filter(|l| l.is_connected()).count();
-                Slot::set(&slot.connections, (self.links.connected() + regs) as u64);
+                Slot::set(&slot.connections, (self.links.connected() + self.registers.connected()) as u64);
                 Slot::set(&slot.timers, cx.timers.len() as u64 + 1);
                 cx.after(Duration::from_secs(1), Timer::Tick);
             }
@@ -452,9 +416,7 @@ impl Service for Worker {
                 }
             }
             Timer::KeepAlive => {
-                for link in &mut self.registers {
-                    let _ = link.send(lines::PING);
-                }
+                self.registers.keepalive();
                 cx.after(KEEPALIVE, Timer::KeepAlive);
             }
             Timer::User { id, repeat } => {
@@ -473,7 +435,7 @@ impl Service for Worker {
             self.begin_drain(cx);
         } else if signal == libc::SIGIO {
             let mut list = self.links.conn_infos();
-            list.extend(self.registers.iter().enumerate().map(|(i, l)| l.conn_info(1000 + i as u64)));
+            list.extend(self.registers.conn_infos(1000));
             if let Err(e) = crate::stats::conns::dump(&self.run_dir, &self.name, &list) {
                 warn!("business worker: cannot write the connection list: {e}");
             }
@@ -486,8 +448,10 @@ impl Service for Worker {
         for key in self.links.flush_dirty() {
             self.link_lost(cx, key, "write failed");
         }
-        let regs = self.registers.iter().filter(|l| l.is_connected()).count();
-        Slot::set(&self.stats.slot().connections, (self.links.connected() + regs) as u64);
+        Slot::set(
+            &self.stats.slot().connections,
+            (self.links.connected() + self.registers.connected()) as u64,
+        );
         if self.stop == Stop::Draining && self.links.all_acked() {
             let took = self.drain_started.map(|t| t.elapsed()).unwrap_or_default();
             info!("business worker {}[{}]: drained in {took:?}", self.name, self.id);

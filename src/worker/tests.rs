@@ -3,7 +3,7 @@
 //! changed session must arrive.
 
 use std::io::Read;
-use std::net::TcpListener;
+use std::net::{SocketAddr, TcpListener};
 use std::sync::{Arc, Mutex};
 
 use super::*;
@@ -93,10 +93,9 @@ fn event_flagged(command: u8, port: u16, id: u32, flags: u8, ext: &[u8], body: &
 fn linked(w: &mut Worker, r: &mut Reactor<Timer>) -> (std::net::TcpStream, SocketAddrV4, usize) {
     let gateway = TcpListener::bind("127.0.0.1:0").unwrap();
     let SocketAddr::V4(addr) = gateway.local_addr().unwrap() else { unreachable!() };
-    w.links.dial(r.ctx().registry, addr).unwrap();
+    let key = w.links.dial(r.ctx().registry, addr).unwrap();
     let (peer, _) = gateway.accept().unwrap();
     // The connect finished (accepted): the next readiness makes the link usable.
-    let key = w.links.key_of(Token(LINK_BASE)).unwrap();
     assert!(w.links.on_ready(key, Ready::WRITABLE).unwrap());
     (peer, addr, key)
 }
