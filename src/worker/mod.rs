@@ -50,31 +50,70 @@ pub enum Timer {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Stop {
     No,
-    /// Waiting for every gateway to acknowledge the drain.
-    Draining,
+    /// Since this instant, waiting for every gateway to acknowledge the drain.
+    Draining(Instant),
     Now,
 }
 
+/// The gateways the registers announced.
+#[derive(Default)]
+struct Known {
+    gateways: Vec<SocketAddrV4>,
+    /// The registers answered at least once.
+    answered: bool,
+    /// Gateways waiting for their redial timer.
+    retrying: HashSet<SocketAddrV4>,
+}
+
+/// Timers the application asked for: requested during a callback, armed after it.
+#[derive(Default)]
+struct UserTimers {
+    requests: Vec<TimerRequest>,
+    next_id: u64,
+    armed: HashMap<u64, TimerId>,
+}
+
+impl UserTimers {
+    fn arm(&mut self, cx: &mut Ctx<'_, Timer>) {
+        for req in std::mem::take(&mut self.requests) {
+            match req {
+                TimerRequest::Add { id, after, repeat } => {
+                    let t = cx.after(after, Timer::User { id, repeat: repeat.then_some(after) });
+                    self.armed.insert(id, t);
+                }
+                TimerRequest::Del { id } => {
+                    if let Some(t) = self.armed.remove(&id) {
+                        cx.timers.cancel(t);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Timer `id` fired: arm it again when it repeats.
+    fn fired(&mut self, cx: &mut Ctx<'_, Timer>, id: u64, repeat: Option<Duration>) {
+        self.armed.remove(&id);
+        if let Some(every) = repeat {
+            let t = cx.after(every, Timer::User { id, repeat });
+            self.armed.insert(id, t);
+        }
+    }
+}
+
+/// A business worker process: its links, the application and its timers.
 pub struct Worker {
     name: String,
     id: u16,
     app: Box<dyn Events>,
     registers: RegisterLinks,
-    /// Gateways announced by the registers.
-    known: Vec<SocketAddrV4>,
-    /// The registers answered at least once.
-    have_list: bool,
+    known: Known,
     links: GatewayLinks,
-    retrying: HashSet<SocketAddrV4>,
     pool: QueryPool,
     /// crc32 of the last session this worker wrote, per client (GatewayWorker's staleness guard).
     versions: HashMap<ClientId, u32>,
-    timer_requests: Vec<TimerRequest>,
-    next_timer: u64,
-    user_timers: HashMap<u64, TimerId>,
+    timers: UserTimers,
     stats: Stats,
     stop: Stop,
-    drain_started: Option<Instant>,
     stopped_app: bool,
     run_dir: std::path::PathBuf,
 }
@@ -120,18 +159,13 @@ impl Worker {
                 lines::worker_connect(&cfg.secret_key),
                 "business worker",
             ),
-            known: Vec::new(),
-            have_list: false,
+            known: Known::default(),
             links: GatewayLinks::new(local.clone(), connect_body, LINK_BASE),
-            retrying: HashSet::new(),
             pool: QueryPool::new(&cfg.secret_key, w.query_timeout, Some(local)),
             versions: HashMap::new(),
-            timer_requests: Vec::new(),
-            next_timer: 0,
-            user_timers: HashMap::new(),
+            timers: UserTimers::default(),
             stats,
             stop: Stop::No,
-            drain_started: None,
             stopped_app: false,
             run_dir: cfg.run_dir.clone(),
         })
@@ -149,8 +183,8 @@ impl Worker {
         let info = WorkerInfo {
             name: &self.name,
             id: self.id,
-            timers: &mut self.timer_requests,
-            next_timer: &mut self.next_timer,
+            timers: &mut self.timers.requests,
+            next_timer: &mut self.timers.next_id,
         };
         let transport = WorkerTransport { links: &mut self.links, pool: &mut self.pool };
         let mut ctx = Context::new(transport, current, info);
@@ -165,24 +199,8 @@ impl Worker {
             Slot::bump(&self.stats.slot().bad_input);
         }
         let current = ctx.into_current();
-        self.arm_timers(cx);
+        self.timers.arm(cx);
         current
-    }
-
-    fn arm_timers(&mut self, cx: &mut Ctx<'_, Timer>) {
-        for req in std::mem::take(&mut self.timer_requests) {
-            match req {
-                TimerRequest::Add { id, after, repeat } => {
-                    let t = cx.after(after, Timer::User { id, repeat: repeat.then_some(after) });
-                    self.user_timers.insert(id, t);
-                }
-                TimerRequest::Del { id } => {
-                    if let Some(t) = self.user_timers.remove(&id) {
-                        cx.timers.cancel(t);
-                    }
-                }
-            }
-        }
     }
 
     // ----- registers ---------------------------------------------------------------------
@@ -203,13 +221,13 @@ impl Worker {
 
     /// The register sent the gateway list: dial every gateway we are not linked to.
     fn on_addresses(&mut self, cx: &mut Ctx<'_, Timer>, list: Vec<String>) {
-        self.known = list.iter().filter_map(|a| a.parse().ok()).collect();
-        self.have_list = true;
+        self.known.gateways = list.iter().filter_map(|a| a.parse().ok()).collect();
+        self.known.answered = true;
         if self.stop != Stop::No {
             return;
         }
-        for gw in self.known.clone() {
-            if !self.links.has(gw) && !self.retrying.contains(&gw) {
+        for gw in self.known.gateways.clone() {
+            if !self.links.has(gw) && !self.known.retrying.contains(&gw) {
                 self.dial_gateway(cx, gw);
             }
         }
@@ -219,7 +237,7 @@ impl Worker {
     fn dial_gateway(&mut self, cx: &mut Ctx<'_, Timer>, gw: SocketAddrV4) {
         if let Err(e) = self.links.dial(cx.registry, gw) {
             warn!("business worker: cannot link to gateway {gw}: {e}; retrying in 1 s");
-            self.retrying.insert(gw);
+            self.known.retrying.insert(gw);
             cx.after(Duration::from_secs(1), Timer::GatewayRetry(gw));
         }
     }
@@ -229,9 +247,9 @@ impl Worker {
         if self.stop != Stop::No {
             return;
         }
-        let all = self.have_list
-            && !self.known.is_empty()
-            && self.known.iter().all(|g| self.links.is_connected(*g));
+        let known = &self.known.gateways;
+        let all =
+            self.known.answered && !known.is_empty() && known.iter().all(|g| self.links.is_connected(*g));
         self.stats.slot().set_state(if all { State::Ready } else { State::Starting });
     }
 
@@ -267,9 +285,9 @@ impl Worker {
 
     fn link_lost(&mut self, cx: &mut Ctx<'_, Timer>, key: usize, why: &str) {
         let Some(gw) = self.links.remove(cx.registry, key) else { return };
-        if self.stop == Stop::No && self.known.contains(&gw) {
+        if self.stop == Stop::No && self.known.gateways.contains(&gw) {
             warn!("business worker: link to gateway {gw} lost ({why}); redialling in 1 s");
-            self.retrying.insert(gw);
+            self.known.retrying.insert(gw);
             cx.after(Duration::from_secs(1), Timer::GatewayRetry(gw));
         } else {
             info!("business worker: link to gateway {gw} closed ({why})");
@@ -369,8 +387,7 @@ impl Worker {
         if self.stop != Stop::No {
             return;
         }
-        self.stop = Stop::Draining;
-        self.drain_started = Some(Instant::now());
+        self.stop = Stop::Draining(Instant::now());
         self.stats.slot().set_state(State::Draining);
         self.registers.close_all(cx.registry);
         let n = self.links.request_drain();
@@ -410,8 +427,8 @@ impl Service for Worker {
             }
             Timer::RegisterRetry(i) => self.dial_register(cx, i),
             Timer::GatewayRetry(gw) => {
-                self.retrying.remove(&gw);
-                if self.stop == Stop::No && self.known.contains(&gw) && !self.links.has(gw) {
+                self.known.retrying.remove(&gw);
+                if self.stop == Stop::No && self.known.gateways.contains(&gw) && !self.links.has(gw) {
                     self.dial_gateway(cx, gw);
                 }
             }
@@ -420,11 +437,7 @@ impl Service for Worker {
                 cx.after(KEEPALIVE, Timer::KeepAlive);
             }
             Timer::User { id, repeat } => {
-                self.user_timers.remove(&id);
-                if let Some(every) = repeat {
-                    let t = cx.after(every, Timer::User { id, repeat });
-                    self.user_timers.insert(id, t);
-                }
+                self.timers.fired(cx, id, repeat);
                 self.with_context(cx, None, |app, ctx| app.on_timer(ctx, id));
             }
         }
@@ -452,8 +465,10 @@ impl Service for Worker {
             &self.stats.slot().connections,
             (self.links.connected() + self.registers.connected()) as u64,
         );
-        if self.stop == Stop::Draining && self.links.all_acked() {
-            let took = self.drain_started.map(|t| t.elapsed()).unwrap_or_default();
+        if let Stop::Draining(since) = self.stop
+            && self.links.all_acked()
+        {
+            let took = since.elapsed();
             info!("business worker {}[{}]: drained in {took:?}", self.name, self.id);
             self.finish(cx);
         }
