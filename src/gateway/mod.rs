@@ -2,6 +2,14 @@
 //! client event to one business worker (sticky, least connections) and executes the
 //! commands and queries workers and GatewayClients send on its inner port / Unix socket.
 //! It runs no business code.
+//!
+//! The state is in parts, each a type with its own methods: `Clients` (the client table:
+//! connections, protocol state, session, uid, groups, route and counters of each client, by
+//! slab key and by connection id), `Links` (inner connections and the events parked until a
+//! worker links), `Router`, `Directory` (uid and group indices), `RegisterLinks`. `Gateway`
+//! holds them and dispatches events: readiness by token range, timers, signals, and the
+//! end-of-turn flush. Its behaviour is spread by concern: `accept`, `relay` (client input to
+//! workers), `links` and `commands` (worker packets), `timers`, `flush`.
 
 mod accept;
 mod client;
