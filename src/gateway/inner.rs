@@ -40,6 +40,10 @@ impl Owned for Inner {
     fn conn_mut(&mut self) -> &mut Conn {
         &mut self.conn
     }
+    /// Replies already queued for a link that is being closed are still sent.
+    fn flush_when_dead(&self) -> bool {
+        true
+    }
 }
 
 impl Inner {

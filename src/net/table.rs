@@ -24,6 +24,12 @@ pub trait Owned {
     fn wants_flush(&self) -> bool {
         !self.conn().out.is_empty()
     }
+
+    /// Bytes queued before the connection was marked dead still go out in that turn's flush
+    /// (by default a dead connection is not written to).
+    fn flush_when_dead(&self) -> bool {
+        false
+    }
 }
 
 impl Owned for Conn {
@@ -158,7 +164,7 @@ impl<T: Owned> Table<T> {
         for key in dirty.drain(..) {
             let Some(item) = self.slab.get_mut(key) else { continue };
             item.conn_mut().dirty = false;
-            if item.conn().dead {
+            if item.conn().dead && !item.flush_when_dead() {
                 continue;
             }
             let before = item.conn().bytes_written;

@@ -163,3 +163,18 @@ fn worker_drain_is_acknowledged_and_new_clients_go_elsewhere() {
     w1.sync();
     w1.assert_idle();
 }
+
+#[test]
+fn a_reply_queued_before_a_bad_packet_is_still_sent() {
+    let gw = Gw::start(Proto::Text);
+    let mut api = gw.api();
+    api.sync();
+    // A query and, in the same write, a packet length under the header size: the link is
+    // closed after this turn's flush.
+    let mut bytes = Vec::new();
+    packet::encode(&mut bytes, &Header::command(cmd::IS_ONLINE, 1, flag::BODY_IS_SCALAR), b"", b"");
+    bytes.extend_from_slice(&[0, 0, 0, 1, 0, 0, 0, 0]);
+    api.s.write_all(&bytes).unwrap();
+    let rest = api.until_closed();
+    assert_eq!(rest, b"\0\0\0\x04i:0;", "the reply, then the close");
+}
