@@ -14,7 +14,7 @@ use tungstenite::protocol::{Message, Role, WebSocketConfig, WebSocketContext};
 use crate::config::Proto;
 use crate::net::conn::Conn;
 use crate::net::io::Io;
-use crate::net::table::Owned;
+use crate::net::table::{Owned, conn_field};
 use crate::net::websocket::{self, Handshake, HandshakeRequest};
 use crate::net::{frame, text};
 use crate::reactor::{InBuf, Ready, would_block};
@@ -358,13 +358,7 @@ impl Client {
 }
 
 impl Owned for Client {
-    fn conn(&self) -> &Conn {
-        &self.conn
-    }
-
-    fn conn_mut(&mut self) -> &mut Conn {
-        &mut self.conn
-    }
+    conn_field!();
 
     /// Messages sent before the websocket handshake wait for the 101; during a TLS handshake
     /// rustls may have records to push even then.

@@ -8,7 +8,7 @@ use mio::Registry;
 
 use crate::net::conn::Conn;
 use crate::net::io::Io;
-use crate::net::table::{Owned, Table};
+use crate::net::table::{Owned, Table, conn_field};
 use crate::reactor::OutBuf;
 use crate::stats::conns::ConnInfo;
 
@@ -34,12 +34,7 @@ pub struct Inner {
 }
 
 impl Owned for Inner {
-    fn conn(&self) -> &Conn {
-        &self.conn
-    }
-    fn conn_mut(&mut self) -> &mut Conn {
-        &mut self.conn
-    }
+    conn_field!();
     /// Replies already queued for a link that is being closed are still sent.
     fn flush_when_dead(&self) -> bool {
         true

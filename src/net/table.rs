@@ -32,6 +32,21 @@ pub trait Owned {
     }
 }
 
+/// The two accessors of `Owned` for a type whose connection is its field `conn`; write it
+/// inside the `impl Owned` block.
+macro_rules! conn_field {
+    () => {
+        fn conn(&self) -> &$crate::net::conn::Conn {
+            &self.conn
+        }
+
+        fn conn_mut(&mut self) -> &mut $crate::net::conn::Conn {
+            &mut self.conn
+        }
+    };
+}
+pub(crate) use conn_field;
+
 impl Owned for Conn {
     fn conn(&self) -> &Conn {
         self

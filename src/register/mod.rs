@@ -16,7 +16,7 @@ use crate::cli::logger::{OncePerPeer, Throttle};
 use crate::config::Config;
 use crate::net::conn::{Conn, ReadEnd};
 use crate::net::io::Io;
-use crate::net::table::{Owned, Table};
+use crate::net::table::{Owned, Table, conn_field};
 use crate::reactor::{Ctx, Reactor, Ready, Service, TimerId, would_block};
 use crate::stats::conns::ConnInfo;
 use crate::stats::{Slot, State, Stats};
@@ -56,12 +56,7 @@ struct Peer {
 }
 
 impl Owned for Peer {
-    fn conn(&self) -> &Conn {
-        &self.conn
-    }
-    fn conn_mut(&mut self) -> &mut Conn {
-        &mut self.conn
-    }
+    conn_field!();
 }
 
 /// The register service.

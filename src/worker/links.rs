@@ -13,7 +13,7 @@ use crate::api::context::Links;
 use crate::api::transport::{ApiError, LocalGateways, Pkt};
 use crate::net::conn::{Conn, ReadEnd};
 use crate::net::link::{self, Target};
-use crate::net::table::{Owned, Table};
+use crate::net::table::{Owned, Table, conn_field};
 use crate::reactor::{InBuf, Ready};
 use crate::stats::conns::ConnInfo;
 use crate::wire::packet::{cmd, flag};
@@ -30,12 +30,7 @@ struct GwLink {
 }
 
 impl Owned for GwLink {
-    fn conn(&self) -> &Conn {
-        &self.conn
-    }
-    fn conn_mut(&mut self) -> &mut Conn {
-        &mut self.conn
-    }
+    conn_field!();
     fn wants_flush(&self) -> bool {
         self.connected && !self.conn.out.is_empty()
     }
