@@ -1,7 +1,8 @@
 //! The websocket opening handshake (`net::websocket`): the request a gateway reads from a
-//! new client, the `CMD_ON_WEBSOCKET_CONNECT` data made of it (`connect_data`, PHP-serialized
-//! for the worker), and the query string, cookie and URL decoders it uses.
+//! new client, the `CMD_ON_WEBSOCKET_CONNECT` data made of it (`gateway::server_vars`,
+//! PHP-serialized for the worker), and the query string, cookie and URL decoders it uses.
 
+use gatewayworker::gateway::server_vars;
 use gatewayworker::net::websocket::{self, Handshake, MAX_REQUEST};
 use gatewayworker::wire::php::{self, Array, Key, Value};
 
@@ -106,7 +107,7 @@ fn near_the_limit(data: &[u8]) {
 
 /// The data for `CMD_ON_WEBSOCKET_CONNECT` serializes to what the worker unserializes.
 fn connect_data(request: &websocket::HandshakeRequest) {
-    let data = websocket::connect_data(request, "203.0.113.9", 40000, 8282);
+    let data = server_vars::connect_data(request, "203.0.113.9", 40000, 8282);
     let Value::Array(a) = &data else { panic!("connect data is {data:?}") };
     let keys: Vec<Key> = a.keys().cloned().collect();
     assert_eq!(keys, [Key::from("get"), Key::from("server"), Key::from("cookie")]);
@@ -123,7 +124,7 @@ fn connect_data(request: &websocket::HandshakeRequest) {
 }
 
 fn parse_str(query: &[u8]) {
-    let a = websocket::parse_str(query);
+    let a = server_vars::parse_str(query);
     let v = Value::Array(a);
     assert!(depth(&v) <= php::MAX_DEPTH - 2, "parse_str nests {} deep", depth(&v));
     canonical_keys(&v);
@@ -134,7 +135,7 @@ fn parse_str(query: &[u8]) {
 }
 
 fn parse_cookie(header: &[u8]) {
-    let a: Array = websocket::parse_cookie(header);
+    let a: Array = server_vars::parse_cookie(header);
     assert!(a.len() <= header.iter().filter(|&&b| b == b';').count() + 1);
     for (k, v) in &a {
         let name = k.to_bytes();
@@ -149,7 +150,7 @@ fn parse_cookie(header: &[u8]) {
 }
 
 fn url_decode(s: &[u8]) {
-    let d = websocket::url_decode(s);
+    let d = server_vars::url_decode(s);
     assert!(d.len() <= s.len());
     if !s.contains(&b'%') {
         let plus: Vec<u8> = s.iter().map(|&b| if b == b'+' { b' ' } else { b }).collect();
@@ -164,5 +165,5 @@ fn url_decode(s: &[u8]) {
             hex.into_bytes()
         })
         .collect();
-    assert_eq!(websocket::url_decode(&escaped), s);
+    assert_eq!(server_vars::url_decode(&escaped), s);
 }

@@ -5,11 +5,9 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use log::warn;
-use mio::Token;
 
 use super::client::Client;
-use super::inner::Inner;
-use super::{CLIENT_BASE, Gateway, INNER_BASE, Stop, Timer};
+use super::{Gateway, Stop, Timer};
 use crate::net::io::Io;
 use crate::net::tls::TlsIo;
 use crate::reactor::{Ctx, would_block};
@@ -18,30 +16,30 @@ use crate::wire::packet::{cmd, flag};
 
 impl Gateway {
     pub(super) fn accept_clients(&mut self, cx: &mut Ctx<'_, Timer>) {
-        while self.accept_ready && !self.accept_backoff && self.stop == Stop::No {
-            if self.clients.len() >= self.limits.max_connections {
-                if !self.accept_paused {
+        while self.accept.ready && !self.accept.backoff && self.stop == Stop::No {
+            if self.clients.len() >= self.settings.limits.max_connections {
+                if !self.accept.paused {
                     warn!(
                         "gateway: {} connections reached (gateway.limits.max_connections), pausing accept",
                         self.clients.len()
                     );
                     Slot::bump(&self.stats.slot().limit_conn);
                 }
-                self.accept_paused = true;
+                self.accept.paused = true;
                 return;
             }
-            match self.listeners.public.accept() {
+            match self.accept.listeners.public.accept() {
                 Ok((stream, peer)) => self.add_client(cx, stream, peer),
-                Err(e) if would_block(&e) => self.accept_ready = false,
+                Err(e) if would_block(&e) => self.accept.ready = false,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => {
                     // EMFILE/ENFILE/ENOMEM: the connection stays queued. Retry a little later
                     // instead of spinning on a listener that stays readable.
-                    if let Some(more) = self.log_gate.check("accept") {
+                    if let Some(more) = self.logs.gate.check("accept") {
                         warn!("gateway: accept failed: {e}; accepting again in 100 ms{more}");
                     }
                     Slot::bump(&self.stats.slot().limit_conn);
-                    self.accept_backoff = true;
+                    self.accept.backoff = true;
                     cx.after(Duration::from_millis(100), Timer::ResumeAccept);
                     return;
                 }
@@ -56,7 +54,7 @@ impl Gateway {
         peer: SocketAddr,
     ) {
         let _ = stream.set_nodelay(true);
-        let io = match &self.tls {
+        let io = match &self.accept.tls {
             Some(cfg) => match TlsIo::new(stream, cfg) {
                 Ok(t) => Io::Tls(Box::new(t)),
                 Err(e) => {
@@ -71,17 +69,18 @@ impl Gateway {
             SocketAddr::V6(a) => (a.ip().to_ipv4_mapped().map_or(0, u32::from), a.port()),
         };
         let id = self.clients.alloc_id();
-        let key = self.clients.vacant_key();
-        let mut c = Client::new(id, io, self.me.proto, ip, port, self.clock);
-        if let Err(e) = c.io.register(cx.registry, Token(CLIENT_BASE + key)) {
-            warn!("gateway: cannot watch client {peer}: {e}");
-            return;
-        }
+        let c = Client::new(id, io, self.me.proto, ip, port, self.clock);
         let handshaking = c.handshaking();
-        self.clients.insert(c);
+        let key = match self.clients.insert(cx.registry, c) {
+            Ok(key) => key,
+            Err(e) => {
+                warn!("gateway: cannot watch client {peer}: {e}");
+                return;
+            }
+        };
         if handshaking {
-            let secs = self.limits.handshake_timeout.as_secs_f64().ceil() as u32;
-            self.handshakes.push_back((self.clock + secs.max(1), id));
+            let secs = self.settings.limits.handshake_timeout.as_secs_f64().ceil() as u32;
+            self.clients.handshakes.push_back((self.clock + secs.max(1), id));
         }
         self.forward(key, cmd::ON_CONNECT, flag::BODY_IS_SCALAR, &[]);
     }
@@ -89,20 +88,18 @@ impl Gateway {
     pub(super) fn accept_inner(&mut self, cx: &mut Ctx<'_, Timer>, unix: bool) {
         loop {
             let res = if unix {
-                self.listeners.inner_unix.accept().map(|(s, _)| (Io::Unix(s), "unix".to_string()))
+                self.accept.listeners.inner_unix.accept().map(|(s, _)| (Io::Unix(s), "unix".to_string()))
             } else {
-                self.listeners.inner_tcp.accept().map(|(s, a)| {
+                self.accept.listeners.inner_tcp.accept().map(|(s, a)| {
                     crate::net::inner_link_options(&s);
                     (Io::Tcp(s), a.to_string())
                 })
             };
             match res {
                 Ok((io, peer)) => {
-                    self.inner_serial += 1;
-                    let key = self.inners.vacant_key();
-                    let mut inner = Inner::new(io, self.inner_serial, peer, self.secret.is_empty());
-                    if inner.io.register(cx.registry, Token(INNER_BASE + key)).is_ok() {
-                        self.inners.insert(inner);
+                    let open = self.settings.secret.is_empty();
+                    if let Err(e) = self.links.insert(cx.registry, io, peer, open) {
+                        warn!("gateway: cannot watch an inner connection: {e}");
                     }
                 }
                 Err(e) if would_block(&e) => return,

@@ -12,10 +12,12 @@ use tungstenite::error::{CapacityError, Error as WsError, ProtocolError};
 use tungstenite::protocol::{Message, Role, WebSocketConfig, WebSocketContext};
 
 use crate::config::Proto;
+use crate::net::conn::Conn;
 use crate::net::io::Io;
+use crate::net::table::{Owned, conn_field};
 use crate::net::websocket::{self, Handshake, HandshakeRequest};
 use crate::net::{frame, text};
-use crate::reactor::{InBuf, OutBuf, Ready, would_block};
+use crate::reactor::{InBuf, Ready, would_block};
 
 /// Size of the gateway's shared read buffer.
 pub const RX_SIZE: usize = 64 * 1024;
@@ -121,15 +123,13 @@ pub enum SendError {
     Closing,
 }
 
-/// One client.
+/// One client: its connection (whose input buffer holds the received bytes of a message
+/// not complete yet: empty, unallocated, most of the time), its protocol state and its
+/// GatewayWorker state.
 pub struct Client {
     pub id: u32,
-    pub io: Io,
+    pub conn: Conn,
     codec: Codec,
-    /// Received bytes of a message not complete yet (empty, unallocated, most of the time).
-    pending: InBuf,
-    out: OutBuf,
-    pub ready: Ready,
     pub ip: u32,
     pub port: u16,
     /// PHP-serialized session ('' when never set).
@@ -138,18 +138,10 @@ pub struct Client {
     /// Groups in join order; `None` until the first join (PHP's unset property).
     pub groups: Option<Vec<Box<[u8]>>>,
     pub route: Option<Route>,
-    /// Heartbeat counter (GATEWAYWORKER.md §5.2): -1 after every message.
+    /// Heartbeat counter (GatewayWorker's `pingNotResponseCount`): -1 after every message.
     pub ping: i32,
     /// Second (of the gateway's coarse clock) of the last message, for the idle timeout.
     pub last_active: u32,
-    /// Close once `out` is written (KICK, failed protocol).
-    pub closing: bool,
-    /// Queued for destruction at the end of the turn.
-    pub dead: bool,
-    /// In the gateway's dirty list already.
-    pub dirty: bool,
-    pub bytes_read: u64,
-    pub bytes_written: u64,
 }
 
 impl Client {
@@ -161,11 +153,8 @@ impl Client {
         };
         Client {
             id,
-            io,
+            conn: Conn::new(io),
             codec,
-            pending: InBuf::default(),
-            out: OutBuf::default(),
-            ready: Ready::EMPTY,
             ip,
             port,
             session: Vec::new(),
@@ -174,11 +163,6 @@ impl Client {
             route: None,
             ping: -1,
             last_active: now,
-            closing: false,
-            dead: false,
-            dirty: false,
-            bytes_read: 0,
-            bytes_written: 0,
         }
     }
 
@@ -190,16 +174,11 @@ impl Client {
         }
     }
 
-    /// Bytes waiting to be written.
-    pub fn queued(&self) -> usize {
-        self.out.len()
-    }
-
     /// Bytes received and not decoded yet (tungstenite's own buffer is not counted).
     pub fn pending_input(&self) -> usize {
         match &self.codec {
             Codec::Handshake(b) => b.len(),
-            _ => self.pending.len(),
+            _ => self.conn.inbuf.len(),
         }
     }
 
@@ -207,7 +186,7 @@ impl Client {
     /// the buffer must be empty before another client uses it.
     pub fn stash(&mut self, rx: &mut Rx) {
         if !rx.is_empty() {
-            self.pending.extend(rx.data());
+            self.conn.inbuf.extend(rx.data());
             rx.clear();
         }
     }
@@ -216,23 +195,14 @@ impl Client {
     /// the gateway's shared read buffer (call `stash` when done with this client).
     /// `max` is the largest message accepted.
     pub fn next(&mut self, rx: &mut Rx, msg: &mut Vec<u8>, max: usize, ws_cfg: &WebSocketConfig) -> Inbound {
-        if self.dead || self.closing {
+        if self.conn.dead || self.conn.closing {
             return Inbound::Idle;
         }
         loop {
             let proto = match &mut self.codec {
                 Codec::Ws(ctx) => {
-                    let mut stream = WsStream {
-                        io: &mut self.io,
-                        out: &mut self.out,
-                        ready: &mut self.ready,
-                        pending: &mut self.pending,
-                        rx,
-                        read: 0,
-                    };
-                    let item = read_ws(ctx, &mut stream, msg);
-                    self.bytes_read += stream.read;
-                    return item;
+                    let mut stream = WsStream { conn: &mut self.conn, rx };
+                    return read_ws(ctx, &mut stream, msg);
                 }
                 Codec::Handshake(_) => match self.handshake_step(ws_cfg) {
                     Some(item) => return item,
@@ -243,12 +213,12 @@ impl Client {
             };
             // Text and frame: decode from the client's partial message, else from the
             // shared buffer; read more only when neither holds a whole message.
-            if !self.pending.is_empty() {
-                match decode(proto, self.pending.data(), max) {
+            if !self.conn.inbuf.is_empty() {
+                match decode(proto, self.conn.inbuf.data(), max) {
                     Decoded::Message { start, end, used } => {
                         msg.clear();
-                        msg.extend_from_slice(&self.pending.data()[start..end]);
-                        self.pending.consume(used);
+                        msg.extend_from_slice(&self.conn.inbuf.data()[start..end]);
+                        self.conn.inbuf.consume(used);
                         return Inbound::Message { binary: false };
                     }
                     Decoded::Bad(why) => return Inbound::Closed(Closed::TooBig(why)),
@@ -269,7 +239,7 @@ impl Client {
             if let Some(item) = self.fill(rx) {
                 return item;
             }
-            if !self.pending.is_empty() {
+            if !self.conn.inbuf.is_empty() {
                 self.stash(rx);
             }
         }
@@ -277,10 +247,10 @@ impl Client {
 
     /// One read of the socket into `rx`. `Some` when reading ends this round.
     fn fill(&mut self, rx: &mut Rx) -> Option<Inbound> {
-        if !self.ready.contains(Ready::READABLE) {
+        if !self.conn.ready.contains(Ready::READABLE) {
             return Some(Inbound::Idle);
         }
-        let res = rx.fill(&mut self.io);
+        let res = rx.fill(&mut self.conn.io);
         self.after_read(res, RX_SIZE)
     }
 
@@ -289,15 +259,11 @@ impl Client {
         match res {
             Ok(0) => Some(Inbound::Closed(Closed::Peer)),
             Ok(n) => {
-                self.bytes_read += n as u64;
-                // A short read emptied the socket: the next one would only say WouldBlock.
-                if n < asked && self.io.short_read_drains() {
-                    self.ready.remove(Ready::READABLE);
-                }
+                self.conn.count_read(n, asked);
                 None
             }
             Err(e) if would_block(&e) => {
-                self.ready.remove(Ready::READABLE);
+                self.conn.ready.remove(Ready::READABLE);
                 Some(Inbound::Idle)
             }
             Err(e) if e.kind() == io::ErrorKind::Interrupted => None,
@@ -312,41 +278,41 @@ impl Client {
         match websocket::handshake(buf.data()) {
             Handshake::Partial => {}
             Handshake::Rejected { response, reason } => {
-                self.out.clear();
-                self.out.extend(response);
+                self.conn.out.clear();
+                self.conn.out.extend(response);
                 return Some(Inbound::Closed(Closed::Bad("handshake", reason)));
             }
             Handshake::Accepted { response, request, consumed } => {
                 let rest = buf.data()[consumed..].to_vec();
                 // The 101 goes before anything queued while the handshake ran.
-                self.out.prepend(&response);
+                self.conn.out.prepend(&response);
                 self.codec = Codec::Ws(Box::new(WebSocketContext::from_partially_read(
                     rest,
                     Role::Server,
                     Some(*ws_cfg),
                 )));
                 // Frames may already be buffered behind the request.
-                self.ready.insert(Ready::READABLE);
+                self.conn.ready.insert(Ready::READABLE);
                 return Some(Inbound::Upgraded(request));
             }
         }
-        if !self.ready.contains(Ready::READABLE) {
+        if !self.conn.ready.contains(Ready::READABLE) {
             return Some(Inbound::Idle);
         }
-        let res = buf.read_from(&mut self.io, 1024);
+        let res = buf.read_from(&mut self.conn.io, 1024);
         self.after_read(res, 1024)
     }
 
     /// Queue one message encoded by the client's protocol. `raw` bytes are queued as they
     /// are (already encoded by the sender). `limit` is the send buffer cap.
     pub fn send(&mut self, msg: &[u8], raw: bool, binary: bool, limit: usize) -> Result<(), SendError> {
-        if self.closing || self.dead {
+        if self.conn.closing || self.conn.dead {
             return Err(SendError::Closing);
         }
-        if self.out.len() >= limit {
+        if self.conn.out.len() >= limit {
             return Err(SendError::BufferFull);
         }
-        let v = self.out.vec();
+        let v = self.conn.out.vec();
         if raw {
             v.extend_from_slice(msg);
             return Ok(());
@@ -371,57 +337,44 @@ impl Client {
     /// queued for after the 101 (workerman drops that buffer on close).
     pub fn drop_early_output(&mut self) {
         if matches!(self.codec, Codec::Handshake(_)) {
-            self.out.clear();
+            self.conn.out.clear();
         }
     }
 
     /// Start closing: whatever is queued is written, then the connection is closed.
     pub fn close_after_flush(&mut self) {
-        self.closing = true;
+        self.conn.closing = true;
     }
 
-    /// Write queued bytes. `Ok(true)` when everything is out, `Ok(false)` when the socket
-    /// blocked (wait for WRITABLE), `Err` when the connection is broken.
-    pub fn flush(&mut self) -> io::Result<bool> {
-        if matches!(self.codec, Codec::Handshake(_)) && !self.closing {
-            // Messages sent before the websocket handshake wait for the 101.
-            return self.flush_tls_only();
-        }
-        let before = self.out.len();
-        let res = self.out.write_to(&mut self.io);
-        self.bytes_written += (before - self.out.len()) as u64;
-        match res.and_then(|()| self.io.flush()) {
-            Ok(()) => Ok(true),
-            Err(e) if would_block(&e) => {
-                self.ready.remove(Ready::WRITABLE);
-                Ok(false)
-            }
-            Err(e) => Err(e),
-        }
+    /// TLS or websocket handshake still running.
+    pub fn handshaking(&self) -> bool {
+        matches!(self.codec, Codec::Handshake(_)) || self.conn.io.is_handshaking()
     }
 
-    /// During a TLS handshake rustls may have records to push even though our buffer waits.
-    fn flush_tls_only(&mut self) -> io::Result<bool> {
-        match self.io.flush() {
+    /// Drop buffers before destruction.
+    pub fn release(&mut self) {
+        self.conn.out.clear();
+    }
+}
+
+impl Owned for Client {
+    conn_field!();
+
+    /// Messages sent before the websocket handshake wait for the 101; during a TLS handshake
+    /// rustls may have records to push even then.
+    fn flush(&mut self) -> io::Result<bool> {
+        if !matches!(self.codec, Codec::Handshake(_)) || self.conn.closing {
+            return self.conn.flush();
+        }
+        match self.conn.io.flush() {
             Ok(()) => Ok(true),
             Err(e) if would_block(&e) => Ok(false),
             Err(e) => Err(e),
         }
     }
 
-    /// TLS or websocket handshake still running.
-    pub fn handshaking(&self) -> bool {
-        matches!(self.codec, Codec::Handshake(_)) || self.io.is_handshaking()
-    }
-
-    /// True when flushing would do something.
-    pub fn wants_flush(&self) -> bool {
-        !self.out.is_empty() || self.io.wants_write()
-    }
-
-    /// Drop buffers before destruction.
-    pub fn release(&mut self) {
-        self.out.clear();
+    fn wants_flush(&self) -> bool {
+        !self.conn.out.is_empty() || self.conn.io.wants_write()
     }
 }
 
@@ -441,7 +394,7 @@ fn read_ws(ctx: &mut WebSocketContext, stream: &mut WsStream<'_>, msg: &mut Vec<
             }
             Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_) | Message::Close(_)) => {}
             Err(WsError::Io(e)) if would_block(&e) => {
-                stream.ready.remove(Ready::READABLE);
+                stream.conn.ready.remove(Ready::READABLE);
                 return Inbound::Idle;
             }
             Err(WsError::Io(e)) if e.kind() == io::ErrorKind::Interrupted => {}
@@ -461,7 +414,7 @@ fn read_ws(ctx: &mut WebSocketContext, stream: &mut WsStream<'_>, msg: &mut Vec<
                     }
                     _ => (1002, Closed::Bad("protocol", e.to_string())),
                 };
-                websocket::encode_close(stream.out.vec(), code);
+                websocket::encode_close(stream.conn.out.vec(), code);
                 return Inbound::Closed(closed);
             }
         }
@@ -504,35 +457,28 @@ fn io_closed(e: io::Error) -> Closed {
 /// output buffer (never blocking, never `Ok(0)`), flushed by the gateway at the end of the
 /// turn.
 struct WsStream<'a> {
-    io: &'a mut Io,
-    out: &'a mut OutBuf,
-    ready: &'a mut Ready,
-    pending: &'a mut InBuf,
+    conn: &'a mut Conn,
     rx: &'a mut Rx,
-    read: u64,
 }
 
 impl Read for WsStream<'_> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        if !self.pending.is_empty() {
-            let n = buf.len().min(self.pending.len());
-            buf[..n].copy_from_slice(&self.pending.data()[..n]);
-            self.pending.consume(n);
+        let pending = &mut self.conn.inbuf;
+        if !pending.is_empty() {
+            let n = buf.len().min(pending.len());
+            buf[..n].copy_from_slice(&pending.data()[..n]);
+            pending.consume(n);
             return Ok(n);
         }
         if self.rx.is_empty() {
-            if !self.ready.contains(Ready::READABLE) {
+            if !self.conn.ready.contains(Ready::READABLE) {
                 return Err(io::ErrorKind::WouldBlock.into());
             }
-            let n = self.rx.fill(self.io)?;
-            self.read += n as u64;
+            let n = self.rx.fill(&mut self.conn.io)?;
             if n == 0 {
                 return Ok(0);
             }
-            // A short read emptied the socket: the next one would only say WouldBlock.
-            if n < RX_SIZE && self.io.short_read_drains() {
-                self.ready.remove(Ready::READABLE);
-            }
+            self.conn.count_read(n, RX_SIZE);
         }
         let n = buf.len().min(self.rx.end - self.rx.start);
         buf[..n].copy_from_slice(&self.rx.data()[..n]);
@@ -543,7 +489,7 @@ impl Read for WsStream<'_> {
 
 impl Write for WsStream<'_> {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        self.out.extend(buf);
+        self.conn.out.extend(buf);
         Ok(buf.len())
     }
 

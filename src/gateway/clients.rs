@@ -1,27 +1,41 @@
-//! The client table: a slab of clients plus a map from GatewayWorker connection id to slab
-//! key. A connection id is checked against the slot it names (the slot stores its id), so a
-//! stale id never reaches a newer client that reused the slot.
+//! The client table: the clients' connections (slab, tokens, dirty and dead lists) plus a
+//! map from GatewayWorker connection id to slab key, the handshake deadlines and the clients
+//! whose read budget ran out. A connection id is checked against the slot it names (the slot
+//! stores its id), so a stale id never reaches a newer client that reused the slot.
 
-use slab::Slab;
+use std::collections::VecDeque;
+use std::io;
+use std::ops::{Deref, DerefMut};
+
+use mio::Registry;
 
 use super::client::Client;
 use super::index::IdMap;
+use crate::net::table::Table;
 
 pub struct Clients {
-    slab: Slab<Client>,
+    /// The connections by slab key (`Clients` derefs to it).
+    table: Table<Client>,
     ids: IdMap<usize>,
     last_id: u32,
+    /// (deadline second, connection id) of clients still in a handshake.
+    pub handshakes: VecDeque<(u32, u32)>,
+    /// Clients whose read budget ran out this turn.
+    pub again: Vec<usize>,
 }
 
 impl Clients {
-    /// A table for up to `expected` clients. The memory is reserved, not touched: pages
-    /// become resident as clients arrive, and growth never doubles the table.
-    pub fn with_capacity(expected: usize) -> Clients {
+    /// A table for up to `expected` clients, key `k` at poll token `base + k`. The memory is
+    /// reserved, not touched: pages become resident as clients arrive, and growth never
+    /// doubles the table.
+    pub fn new(base: usize, expected: usize) -> Clients {
         let n = expected.min(1 << 20);
         Clients {
-            slab: Slab::with_capacity(n),
+            table: Table::new(base, n),
             ids: IdMap::with_capacity_and_hasher(n, Default::default()),
             last_id: 0,
+            handshakes: VecDeque::new(),
+            again: Vec::new(),
         }
     }
 
@@ -36,20 +50,17 @@ impl Clients {
         }
     }
 
-    /// Slab key the next `insert` will use.
-    pub fn vacant_key(&self) -> usize {
-        self.slab.vacant_key()
-    }
-
-    pub fn insert(&mut self, c: Client) -> usize {
+    /// Register the client's socket and keep it; returns its key.
+    pub fn insert(&mut self, reg: &Registry, c: Client) -> io::Result<usize> {
         let id = c.id;
-        let key = self.slab.insert(c);
+        let key = self.table.insert(reg, c)?;
         self.ids.insert(id, key);
-        key
+        Ok(key)
     }
 
-    pub fn remove(&mut self, key: usize) -> Option<Client> {
-        let c = self.slab.try_remove(key)?;
+    /// Deregister and forget client `key`.
+    pub fn remove(&mut self, reg: &Registry, key: usize) -> Option<Client> {
+        let c = self.table.remove(reg, key)?;
         self.ids.remove(&c.id);
         Some(c)
     }
@@ -57,40 +68,17 @@ impl Clients {
     /// Slab key of connection `id`.
     pub fn key_of(&self, id: u32) -> Option<usize> {
         let key = *self.ids.get(&id)?;
-        (self.slab.get(key)?.id == id).then_some(key)
+        (self.table.get(key)?.id == id).then_some(key)
     }
 
-    pub fn get(&self, id: u32) -> Option<&Client> {
-        self.key_of(id).and_then(|k| self.slab.get(k))
+    /// Client with connection id `id`.
+    pub fn by_id(&self, id: u32) -> Option<&Client> {
+        self.key_of(id).and_then(|k| self.table.get(k))
     }
 
-    pub fn get_mut(&mut self, id: u32) -> Option<&mut Client> {
+    pub fn by_id_mut(&mut self, id: u32) -> Option<&mut Client> {
         let k = self.key_of(id)?;
-        self.slab.get_mut(k)
-    }
-
-    pub fn by_key(&self, key: usize) -> Option<&Client> {
-        self.slab.get(key)
-    }
-
-    pub fn by_key_mut(&mut self, key: usize) -> Option<&mut Client> {
-        self.slab.get_mut(key)
-    }
-
-    pub fn len(&self) -> usize {
-        self.slab.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.slab.is_empty()
-    }
-
-    pub fn iter(&self) -> impl Iterator<Item = (usize, &Client)> {
-        self.slab.iter()
-    }
-
-    pub fn iter_mut(&mut self) -> impl Iterator<Item = (usize, &mut Client)> {
-        self.slab.iter_mut()
+        self.table.get_mut(k)
     }
 
     /// Connection ids in ascending order (PHP iterates clients in accept order).
@@ -98,5 +86,19 @@ impl Clients {
         let mut v: Vec<u32> = self.ids.keys().copied().collect();
         v.sort_unstable();
         v
+    }
+}
+
+impl Deref for Clients {
+    type Target = Table<Client>;
+
+    fn deref(&self) -> &Table<Client> {
+        &self.table
+    }
+}
+
+impl DerefMut for Clients {
+    fn deref_mut(&mut self) -> &mut Table<Client> {
+        &mut self.table
     }
 }

@@ -1,5 +1,5 @@
-//! Executing what business workers and GatewayClients send to a gateway (GATEWAYWORKER.md
-//! §2.3): sends, closes, sessions, uid/group changes, worker registration; queries are
+//! Executing what business workers and GatewayClients send to a gateway (GatewayWorker's
+//! commands): sends, closes, sessions, uid/group changes, worker registration; queries are
 //! answered by `queries`.
 
 use std::borrow::Cow;
@@ -8,7 +8,7 @@ use std::collections::HashSet;
 use log::{info, warn};
 use serde_json::Value as Json;
 
-use super::client::Route;
+use super::client::{Route, SendError};
 use super::inner::Kind;
 use super::{Gateway, queries};
 use crate::config::Proto;
@@ -28,17 +28,17 @@ enum Message<'a> {
 impl Gateway {
     /// Execute one packet received on inner link `from`.
     pub(super) fn exec(&mut self, from: usize, p: &Packet<'_>) {
-        let Some(inner) = self.inners.get(from) else { return };
+        let Some(inner) = self.links.get(from) else { return };
         let c = p.header.cmd;
         if !inner.authorized && c != cmd::WORKER_CONNECT && c != cmd::GATEWAY_CLIENT_CONNECT {
-            if self.refused.first("unauthorized", &inner.peer) {
+            if self.logs.refused.first("unauthorized", &inner.peer) {
                 warn!(
                     "gateway: Unauthorized request from {} (cmd {c}), closing (logged once per peer)",
                     inner.peer
                 );
             }
             Slot::bump(&self.stats.slot().bad_input);
-            self.kill_inner(from);
+            self.links.kill(from);
             return;
         }
         let id = p.header.connection_id;
@@ -53,7 +53,7 @@ impl Gateway {
             cmd::KICK => self.kick(id, p),
             cmd::DESTROY => {
                 if let Some(key) = self.clients.key_of(id) {
-                    self.mark_dead(key);
+                    self.clients.mark_dead(key);
                 }
             }
             cmd::UPDATE_SESSION => self.update_session(id, p.ext),
@@ -70,17 +70,13 @@ impl Gateway {
             cmd::WORKER_DRAIN => self.worker_drain(from),
             cmd::PING => {}
             q if cmd::is_query(q) => {
-                let reply = queries::answer(&self.clients, &self.uids, &self.groups, p);
-                if let Some(inner) = self.inners.get_mut(from) {
-                    packet::encode_reply(inner.out.vec(), &reply);
-                    if !inner.dirty {
-                        inner.dirty = true;
-                        self.dirty_inners.push(from);
-                    }
+                let reply = queries::answer(&self.clients, &self.index, p);
+                if let Some(out) = self.links.out(from) {
+                    packet::encode_reply(out.vec(), &reply);
                 }
             }
             other => {
-                if let Some(more) = self.log_gate.check("unknown_cmd") {
+                if let Some(more) = self.logs.gate.check("unknown_cmd") {
                     warn!("gateway inner pack err cmd={other} from {}{more}", inner.peer);
                 }
                 Slot::bump(&self.stats.slot().bad_input);
@@ -89,36 +85,34 @@ impl Gateway {
     }
 
     fn send_one(&mut self, key: usize, msg: &Message<'_>, flags: u8) {
-        let limit = self.limits.send_to_client_buffer_size;
+        let limit = self.settings.limits.send_to_client_buffer_size;
         let raw = flags & flag::NOT_CALL_ENCODE != 0;
         let binary = flags & flag::BINARY != 0;
         let payload = payload(msg, self.me.proto);
-        let Some(c) = self.clients.by_key_mut(key) else { return };
-        match c.send(payload, raw, binary, limit) {
-            Ok(()) => self.mark_dirty(key),
-            Err(super::client::SendError::Closing) => {}
-            Err(super::client::SendError::BufferFull) => self.send_failed(key),
+        let res = self.clients.send_with(key, |c| c.send(payload, raw, binary, limit));
+        if res == Some(Err(SendError::BufferFull)) {
+            self.send_failed(key);
         }
     }
 
-    /// Encode `msg` once for this gateway's protocol into `self.encoded`.
+    /// Encode `msg` once for this gateway's protocol into `self.bufs.encoded`.
     fn encode_once(&mut self, msg: &Message<'_>, flags: u8) {
         let payload = payload(msg, self.me.proto);
-        self.encoded.clear();
+        self.bufs.encoded.clear();
         if flags & flag::NOT_CALL_ENCODE != 0 {
-            self.encoded.extend_from_slice(payload);
+            self.bufs.encoded.extend_from_slice(payload);
             return;
         }
         match self.me.proto {
-            Proto::Text => crate::net::text::encode(&mut self.encoded, payload),
-            Proto::Frame => crate::net::frame::encode(&mut self.encoded, payload),
+            Proto::Text => crate::net::text::encode(&mut self.bufs.encoded, payload),
+            Proto::Frame => crate::net::frame::encode(&mut self.bufs.encoded, payload),
             Proto::WebSocket => {
                 let op = if flags & flag::BINARY != 0 {
                     crate::net::websocket::OP_BINARY
                 } else {
                     crate::net::websocket::OP_TEXT
                 };
-                crate::net::websocket::encode_frame(&mut self.encoded, op, payload);
+                crate::net::websocket::encode_frame(&mut self.bufs.encoded, op, payload);
             }
         }
     }
@@ -126,12 +120,11 @@ impl Gateway {
     /// Queue the already encoded broadcast for connection `id`.
     fn send_encoded(&mut self, id: u32) {
         let Some(key) = self.clients.key_of(id) else { return };
-        let limit = self.limits.send_to_client_buffer_size;
-        let Some(c) = self.clients.by_key_mut(key) else { return };
-        match c.send_encoded(&self.encoded, limit) {
-            Ok(()) => self.mark_dirty(key),
-            Err(super::client::SendError::Closing) => {}
-            Err(super::client::SendError::BufferFull) => self.send_failed(key),
+        let limit = self.settings.limits.send_to_client_buffer_size;
+        let encoded = &self.bufs.encoded;
+        let res = self.clients.send_with(key, |c| c.send_encoded(encoded, limit));
+        if res == Some(Err(SendError::BufferFull)) {
+            self.send_failed(key);
         }
     }
 
@@ -165,15 +158,15 @@ impl Gateway {
         if let Message::Bytes(_) = msg {
             self.send_one(key, &msg, p.header.flag);
         }
-        if let Some(c) = self.clients.by_key_mut(key) {
+        if let Some(c) = self.clients.get_mut(key) {
             c.drop_early_output();
         }
         self.close_client(key);
     }
 
     fn update_session(&mut self, id: u32, partial: &[u8]) {
-        let max = self.limits.max_session_size;
-        let Some(c) = self.clients.get_mut(id) else { return };
+        let max = self.settings.limits.max_session_size;
+        let Some(c) = self.clients.by_id_mut(id) else { return };
         if c.session.is_empty() {
             if partial.len() <= max {
                 c.session = partial.to_vec();
@@ -198,12 +191,12 @@ impl Gateway {
     }
 
     fn set_session(&mut self, id: u32, session: &[u8]) {
-        if session.len() > self.limits.max_session_size {
+        if session.len() > self.settings.limits.max_session_size {
             warn!("gateway: session for client {id} exceeds gateway.limits.max_session_size; ignored");
             Slot::bump(&self.stats.slot().limit_size);
             return;
         }
-        if let Some(c) = self.clients.get_mut(id) {
+        if let Some(c) = self.clients.by_id_mut(id) {
             c.session = session.to_vec();
         }
     }
@@ -213,8 +206,8 @@ impl Gateway {
             warn!("gateway: bindUid with an empty uid for client {id}; ignored");
             return;
         }
-        if uid.len() > self.limits.max_uid_len {
-            if let Some(more) = self.log_gate.check("uid_len") {
+        if uid.len() > self.settings.limits.max_uid_len {
+            if let Some(more) = self.logs.gate.check("uid_len") {
                 warn!(
                     "gateway: uid of {} bytes for client {id} exceeds gateway.limits.max_uid_len; ignored{more}",
                     uid.len()
@@ -223,16 +216,14 @@ impl Gateway {
             Slot::bump(&self.stats.slot().limit_index);
             return;
         }
-        let Some(c) = self.clients.get_mut(id) else { return };
-        if let Some(old) = c.uid.replace(uid.into()) {
-            self.uids.remove(&old, id);
+        if let Some(c) = self.clients.by_id_mut(id) {
+            self.index.bind_uid(c, uid);
         }
-        self.uids.add(uid, id);
     }
 
     fn unbind_uid(&mut self, id: u32) {
-        if let Some(old) = self.clients.get_mut(id).and_then(|c| c.uid.take()) {
-            self.uids.remove(&old, id);
+        if let Some(c) = self.clients.by_id_mut(id) {
+            self.index.unbind_uid(c);
         }
     }
 
@@ -242,7 +233,7 @@ impl Gateway {
         self.encode_once(&msg, p.header.flag);
         let mut targets = Vec::new();
         for uid in uids {
-            if let Some(m) = self.uids.get(&uid) {
+            if let Some(m) = self.index.uids.get(&uid) {
                 targets.extend(m.ids());
             }
         }
@@ -256,31 +247,24 @@ impl Gateway {
             warn!("gateway: joinGroup with an empty group for client {id}; ignored");
             return;
         }
-        let max = self.limits.max_groups_per_client;
-        let Some(c) = self.clients.get_mut(id) else { return };
-        let groups = c.groups.get_or_insert_with(Vec::new);
-        if groups.iter().any(|g| &g[..] == group) {
-            return;
-        }
-        if groups.len() >= max || group.len() > self.limits.max_uid_len {
+        let limits = &self.settings.limits;
+        let Some(c) = self.clients.by_id_mut(id) else { return };
+        // A name over the length limit may join no group.
+        let max = if group.len() > limits.max_uid_len { 0 } else { limits.max_groups_per_client };
+        if !self.index.join(c, group, max) {
             Slot::bump(&self.stats.slot().limit_index);
-            if let Some(more) = self.log_gate.check("groups") {
+            if let Some(more) = self.logs.gate.check("groups") {
                 warn!(
                     "gateway: client {id} may not join more groups (gateway.limits.max_groups_per_client / max_uid_len); ignored{more}"
                 );
             }
-            return;
         }
-        groups.push(group.into());
-        self.groups.add(group, id);
     }
 
     fn leave_group(&mut self, id: u32, group: &[u8]) {
-        let Some(c) = self.clients.get_mut(id) else { return };
-        if let Some(groups) = c.groups.as_mut() {
-            groups.retain(|g| &g[..] != group);
+        if let Some(c) = self.clients.by_id_mut(id) {
+            self.index.leave(c, group);
         }
-        self.groups.remove(group, id);
     }
 
     fn send_to_group(&mut self, p: &Packet<'_>) {
@@ -295,7 +279,7 @@ impl Gateway {
         self.encode_once(&msg, p.header.flag);
         let mut targets = Vec::new();
         for g in groups {
-            if let Some(m) = self.groups.get(&g) {
+            if let Some(m) = self.index.groups.get(&g) {
                 targets.extend(m.ids().filter(|id| !exclude.contains(id)));
             }
         }
@@ -305,12 +289,7 @@ impl Gateway {
     }
 
     fn ungroup(&mut self, group: &[u8]) {
-        let Some(members) = self.groups.take(group) else { return };
-        for id in members.ids() {
-            if let Some(groups) = self.clients.get_mut(id).and_then(|c| c.groups.as_mut()) {
-                groups.retain(|g| &g[..] != group);
-            }
-        }
+        self.index.ungroup(&mut self.clients, group);
     }
 
     fn worker_connect(&mut self, from: usize, body: &[u8]) {
@@ -318,26 +297,20 @@ impl Gateway {
             self.refuse(from, "CMD_WORKER_CONNECT without a worker_key");
             return;
         };
-        if !secret_eq(secret.as_bytes(), self.secret.as_bytes()) {
+        if !secret_eq(secret.as_bytes(), self.settings.secret.as_bytes()) {
             self.refuse(from, "worker secret key does not match");
             return;
         }
-        let Some(inner) = self.inners.get_mut(from) else { return };
+        let Some(inner) = self.links.get_mut(from) else { return };
         let ip = inner.peer.rsplit_once(':').map_or("127.0.0.1", |(ip, _)| ip).to_string();
         let key = format!("{ip}:{worker_key}");
         inner.kind = Kind::Worker { key: key.clone(), draining: false };
         inner.authorized = true;
         let serial = inner.serial;
         // GatewayWorker 4: a second connection with the same key evicts the older one.
-        let older: Vec<usize> = self
-            .inners
-            .iter()
-            .filter(|(k, i)| *k != from && matches!(&i.kind, Kind::Worker { key: wk, .. } if *wk == key))
-            .map(|(k, _)| k)
-            .collect();
-        for k in older {
+        for k in self.links.others_with_key(from, &key) {
             warn!("gateway: business worker {key} connected again; closing its older link");
-            self.kill_inner(k);
+            self.links.kill(k);
             self.router.remove(k);
         }
         self.router.add(Route { key: from, serial });
@@ -347,11 +320,11 @@ impl Gateway {
 
     fn gateway_client_connect(&mut self, from: usize, body: &[u8]) {
         let secret = parse_connect_body(body).map(|(_, s)| s).unwrap_or_default();
-        if !secret_eq(secret.as_bytes(), self.secret.as_bytes()) {
+        if !secret_eq(secret.as_bytes(), self.settings.secret.as_bytes()) {
             self.refuse(from, "GatewayClient secret key does not match");
             return;
         }
-        if let Some(inner) = self.inners.get_mut(from) {
+        if let Some(inner) = self.links.get_mut(from) {
             inner.authorized = true;
             if inner.kind == Kind::Unknown {
                 inner.kind = Kind::Client;
@@ -362,32 +335,24 @@ impl Gateway {
     /// A worker finishing (reload): no new events for it; acknowledge on the same link so it
     /// knows every event routed to it came before the acknowledgement.
     fn worker_drain(&mut self, from: usize) {
-        let Some(inner) = self.inners.get_mut(from) else { return };
+        let Some(inner) = self.links.table.dirty_mut(from) else { return };
         if let Kind::Worker { key, draining } = &mut inner.kind {
             *draining = true;
             info!("gateway: business worker {key} is draining");
-            packet::encode(
-                inner.out.vec(),
-                &Header::command(cmd::WORKER_DRAIN, 0, flag::BODY_IS_SCALAR),
-                b"",
-                b"",
-            );
-            if !inner.dirty {
-                inner.dirty = true;
-                self.dirty_inners.push(from);
-            }
+            let ack = Header::command(cmd::WORKER_DRAIN, 0, flag::BODY_IS_SCALAR);
+            packet::encode(inner.conn.out.vec(), &ack, b"", b"");
             self.router.set_draining(from);
         }
     }
 
     fn refuse(&mut self, from: usize, why: &str) {
-        if let Some(inner) = self.inners.get(from)
-            && self.refused.first(why, &inner.peer)
+        if let Some(inner) = self.links.get(from)
+            && self.logs.refused.first(why, &inner.peer)
         {
             warn!("gateway: {why} (from {}), closing (logged once per peer)", inner.peer);
         }
         Slot::bump(&self.stats.slot().bad_input);
-        self.kill_inner(from);
+        self.links.kill(from);
     }
 }
 

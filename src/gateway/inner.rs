@@ -1,13 +1,16 @@
 //! Inner connections of a gateway: accepted on its inner TCP port or Unix socket, used by
-//! business workers (persistent links) and GatewayClients (commands and queries).
+//! business workers (persistent links) and GatewayClients (commands and queries). `Links`
+//! owns them, with the events waiting for the first worker.
 
 use std::io;
 
-use crate::net::io::Io;
-use crate::reactor::{InBuf, OutBuf, Ready, would_block};
+use mio::Registry;
 
-/// Bytes asked for per read.
-const CHUNK: usize = 64 * 1024;
+use crate::net::conn::Conn;
+use crate::net::io::Io;
+use crate::net::table::{Owned, Table, conn_field};
+use crate::reactor::OutBuf;
+use crate::stats::conns::ConnInfo;
 
 /// What the peer said it is.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -20,89 +23,92 @@ pub enum Kind {
     Client,
 }
 
+/// One inner connection.
 pub struct Inner {
-    pub io: Io,
+    pub conn: Conn,
     /// Unique per gateway process; part of a client's route.
     pub serial: u64,
     pub peer: String,
     pub kind: Kind,
     pub authorized: bool,
-    pub ready: Ready,
-    pub inbuf: InBuf,
-    pub out: OutBuf,
-    pub closing: bool,
-    pub dead: bool,
-    pub dirty: bool,
-    pub bytes_read: u64,
-    pub bytes_written: u64,
 }
 
-/// How a read pass ended.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum ReadEnd {
-    Drained,
-    /// Stopped at the buffer cap; READABLE stays set.
-    Full,
-    Eof,
+impl Owned for Inner {
+    conn_field!();
+    /// Replies already queued for a link that is being closed are still sent.
+    fn flush_when_dead(&self) -> bool {
+        true
+    }
 }
 
 impl Inner {
-    pub fn new(io: Io, serial: u64, peer: String, authorized: bool) -> Inner {
-        Inner {
-            io,
-            serial,
-            peer,
-            kind: Kind::Unknown,
-            authorized,
-            ready: Ready::EMPTY,
-            inbuf: InBuf::default(),
-            out: OutBuf::default(),
-            closing: false,
-            dead: false,
-            dirty: false,
-            bytes_read: 0,
-            bytes_written: 0,
-        }
-    }
-
     pub fn is_worker(&self) -> bool {
         matches!(self.kind, Kind::Worker { .. })
     }
 
-    /// Read until `WouldBlock`/EOF or until `cap` bytes are buffered.
-    pub fn read(&mut self, cap: usize) -> io::Result<ReadEnd> {
-        while self.ready.contains(Ready::READABLE) {
-            if self.inbuf.len() >= cap {
-                return Ok(ReadEnd::Full);
-            }
-            match self.inbuf.read_from(&mut self.io, CHUNK) {
-                Ok(0) => return Ok(ReadEnd::Eof),
-                Ok(n) => {
-                    self.bytes_read += n as u64;
-                    if n < CHUNK && self.io.short_read_drains() {
-                        self.ready.remove(Ready::READABLE);
-                    }
-                }
-                Err(e) if would_block(&e) => self.ready.remove(Ready::READABLE),
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(e),
-            }
-        }
-        Ok(ReadEnd::Drained)
+    /// Usable for commands: not closing, not queued for removal.
+    pub fn is_open(&self) -> bool {
+        !self.conn.dead && !self.conn.closing
+    }
+}
+
+/// The inner connections, and the events encoded while no business worker was linked.
+pub struct Links {
+    pub table: Table<Inner>,
+    /// Serial of the last accepted link.
+    serial: u64,
+    /// Client events waiting for the first worker (bounded by the worker send buffer size).
+    pub parked: Vec<u8>,
+}
+
+impl Links {
+    /// Key `k` is poll token `base + k`.
+    pub fn new(base: usize) -> Links {
+        Links { table: Table::new(base, 0), serial: 0, parked: Vec::new() }
     }
 
-    /// Write queued bytes: `Ok(true)` all written, `Ok(false)` blocked.
-    pub fn flush(&mut self) -> io::Result<bool> {
-        let before = self.out.len();
-        let res = self.out.write_to(&mut self.io);
-        self.bytes_written += (before - self.out.len()) as u64;
-        match res {
-            Ok(()) => Ok(true),
-            Err(e) if would_block(&e) => {
-                self.ready.remove(Ready::WRITABLE);
-                Ok(false)
-            }
-            Err(e) => Err(e),
-        }
+    /// Keep an accepted connection; returns its key.
+    pub fn insert(&mut self, reg: &Registry, io: Io, peer: String, authorized: bool) -> io::Result<usize> {
+        self.serial += 1;
+        let inner = Inner { conn: Conn::new(io), serial: self.serial, peer, kind: Kind::Unknown, authorized };
+        self.table.insert(reg, inner)
+    }
+
+    pub fn get(&self, key: usize) -> Option<&Inner> {
+        self.table.get(key)
+    }
+
+    pub fn get_mut(&mut self, key: usize) -> Option<&mut Inner> {
+        self.table.get_mut(key)
+    }
+
+    /// The output buffer of link `key`, queued for the end-of-turn flush.
+    pub fn out(&mut self, key: usize) -> Option<&mut OutBuf> {
+        self.table.dirty_mut(key).map(|i| &mut i.conn.out)
+    }
+
+    /// Queue link `key` for removal at the end of the turn.
+    pub fn kill(&mut self, key: usize) {
+        self.table.mark_dead(key);
+    }
+
+    pub fn len(&self) -> usize {
+        self.table.len()
+    }
+
+    /// Keys of the links that are business workers.
+    pub fn workers(&self) -> Vec<usize> {
+        self.table.iter().filter(|(_, i)| i.is_worker()).map(|(k, _)| k).collect()
+    }
+
+    /// Other worker links registered under `worker_key`.
+    pub fn others_with_key(&self, except: usize, worker_key: &str) -> Vec<usize> {
+        let same = |i: &Inner| matches!(&i.kind, Kind::Worker { key, .. } if key == worker_key);
+        self.table.iter().filter(|(k, i)| *k != except && same(i)).map(|(k, _)| k).collect()
+    }
+
+    /// Lines for the `connections` command.
+    pub fn conn_infos(&self) -> impl Iterator<Item = ConnInfo> + '_ {
+        self.table.iter().map(|(_, i)| i.conn.info(i.serial, "GatewayProtocol"))
     }
 }

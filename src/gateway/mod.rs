@@ -1,54 +1,67 @@
 //! A gateway process: holds client connections (websocket, wss, text, frame), forwards every
 //! client event to one business worker (sticky, least connections) and executes the
 //! commands and queries workers and GatewayClients send on its inner port / Unix socket.
-//! It runs no business code (GATEWAYWORKER.md §1.3).
+//! It runs no business code.
+//!
+//! The state is in parts, each a type with its own methods: `Clients` (the client table:
+//! connections, protocol state, session, uid, groups, route and counters of each client, by
+//! slab key and by connection id), `Links` (inner connections and the events parked until a
+//! worker links), `Router`, `Directory` (uid and group indices), `RegisterLinks`. `Gateway`
+//! holds them and dispatches events: readiness by token range, timers, signals, and the
+//! end-of-turn flush. Its behaviour is spread by concern: `accept`, `relay` (client input to
+//! workers), `links` and `commands` (worker packets), `timers`, `flush`.
 
 mod accept;
 mod client;
 mod clients;
 mod commands;
+mod directory;
 mod flush;
 mod index;
 mod inner;
 mod links;
 mod queries;
-mod registers;
 mod relay;
 mod router;
+pub mod server_vars;
 mod timers;
 
-use std::collections::VecDeque;
+#[cfg(test)]
+pub(crate) mod tests;
+
 use std::io;
-use std::net::{Ipv4Addr, SocketAddr};
+use std::net::Ipv4Addr;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use log::{info, warn};
 use mio::net::{TcpListener, UnixListener};
 use mio::{Interest, Token};
-use slab::Slab;
 use tungstenite::protocol::WebSocketConfig;
 
 use crate::cli::logger::{OncePerPeer, Throttle};
 use crate::config::{Config, GatewayConf, GatewayLimits, Proto};
-use crate::net::io::Io;
 use crate::net::websocket;
 use crate::reactor::{Ctx, Reactor, Ready, Service};
+use crate::register::links::RegisterLinks;
 use crate::stats::conns::{self, ConnInfo};
 use crate::stats::{Slot, State, Stats};
-use crate::wire::link::{Link, Target};
 use crate::wire::register as lines;
 
 use clients::Clients;
-use index::Index;
-use inner::Inner;
+use directory::Directory;
+use inner::Links;
 use router::Router;
 
 const PUBLIC: Token = Token(0);
 const INNER_TCP: Token = Token(1);
 const INNER_UNIX: Token = Token(2);
+/// Register link `i` has token `REGISTER_BASE + i`.
 const REGISTER_BASE: usize = 16;
+/// Inner link `k` has token `INNER_BASE + k`.
 const INNER_BASE: usize = 1 << 20;
+/// Client `k` has token `CLIENT_BASE + k`.
 const CLIENT_BASE: usize = 1 << 32;
 
 /// Messages read from one client per readiness before others get their turn.
@@ -96,55 +109,67 @@ pub struct Listeners {
     pub inner_unix: UnixListener,
 }
 
-pub struct Gateway {
-    me: Identity,
+/// What the configuration fixes for the life of the process.
+struct Settings {
     limits: GatewayLimits,
     ping_interval: Duration,
     ping_limit: u32,
     ping_data: Vec<u8>,
     secret: String,
+    ws_cfg: WebSocketConfig,
+    run_dir: PathBuf,
+}
+
+/// The listeners and the state of accepting clients.
+struct Acceptor {
+    listeners: Listeners,
+    tls: Option<Arc<rustls::ServerConfig>>,
+    /// The public listener has connections we did not accept yet.
+    ready: bool,
+    /// At `max_connections`: resume below 90 %.
+    paused: bool,
+    /// accept() failed (EMFILE...): wait for the retry timer.
+    backoff: bool,
+}
+
+/// Buffers reused by every event, so nothing is allocated per message.
+#[derive(Default)]
+struct Bufs {
+    /// Read buffer shared by all clients.
+    rx: client::Rx,
+    /// The message being forwarded.
+    msg: Vec<u8>,
+    /// A broadcast encoded once for this gateway's protocol.
+    encoded: Vec<u8>,
+}
+
+/// Log throttles.
+struct Logs {
+    /// One log line per kind of hostile event and period.
+    gate: Throttle,
+    /// Peers already logged for a refused secret key.
+    refused: OncePerPeer,
+    last_no_worker: Option<Instant>,
+}
+
+/// A gateway process: its parts and the event dispatch.
+pub struct Gateway {
+    me: Identity,
+    settings: Settings,
+    accept: Acceptor,
+    clients: Clients,
+    links: Links,
+    router: Router,
+    /// uid and group memberships.
+    index: Directory,
+    registers: RegisterLinks,
+    bufs: Bufs,
+    logs: Logs,
     started: Instant,
     /// Whole seconds since start (coarse clock for timeouts).
     clock: u32,
-    listeners: Listeners,
-    /// The public listener has connections we did not accept yet.
-    accept_ready: bool,
-    /// At `max_connections`: resume below 90 %.
-    accept_paused: bool,
-    /// accept() failed (EMFILE...): wait for the retry timer.
-    accept_backoff: bool,
-    tls: Option<Arc<rustls::ServerConfig>>,
-    ws_cfg: WebSocketConfig,
-    clients: Clients,
-    inners: Slab<Inner>,
-    inner_serial: u64,
-    router: Router,
-    uids: Index,
-    groups: Index,
-    registers: Vec<Link>,
-    register_lines: Vec<u8>,
-    /// Events encoded while no business worker was linked.
-    parked: Vec<u8>,
-    scratch: Vec<u8>,
-    /// Read buffer shared by all clients.
-    rx: client::Rx,
-    encoded: Vec<u8>,
-    dirty_clients: Vec<usize>,
-    dirty_inners: Vec<usize>,
-    dead_clients: Vec<usize>,
-    dead_inners: Vec<usize>,
-    /// Clients whose read budget ran out this turn.
-    again: Vec<usize>,
-    /// (deadline second, connection id) of clients still in a handshake.
-    handshakes: VecDeque<(u32, u32)>,
     stats: Stats,
     stop: Stop,
-    last_no_worker_log: Option<Instant>,
-    run_dir: std::path::PathBuf,
-    /// One log line per kind of hostile event and period.
-    log_gate: Throttle,
-    /// Peers already logged for a refused secret key.
-    refused: OncePerPeer,
 }
 
 /// Entry point of a gateway process.
@@ -166,7 +191,7 @@ pub fn run(cfg: &Config, group: usize, id: u16, listeners: Listeners, stats: Sta
     info!(
         "gateway {}[{id}] serving {}://{} inner {}:{}",
         gw.me.name,
-        g.proto.scheme(gw.tls.is_some()),
+        g.proto.scheme(gw.accept.tls.is_some()),
         g.listen,
         Ipv4Addr::from(gw.me.lan_ip),
         gw.me.lan_port
@@ -185,12 +210,6 @@ impl Gateway {
     ) -> Gateway {
         let lan_port = g.start_port + id;
         let address = format!("{}:{lan_port}", cfg.advertise_ip);
-        let registers = cfg
-            .register_address
-            .iter()
-            .enumerate()
-            .map(|(i, a)| Link::new(Target::Tcp(SocketAddr::V4(*a)), Token(REGISTER_BASE + i)))
-            .collect();
         Gateway {
             me: Identity {
                 name: g.name.clone(),
@@ -199,53 +218,41 @@ impl Gateway {
                 lan_port,
                 public_port: g.listen.port(),
             },
-            limits: g.limits.clone(),
-            ping_interval: g.ping_interval,
-            ping_limit: g.ping_not_response_limit,
-            ping_data: g.ping_data.clone(),
-            secret: cfg.secret_key.clone(),
+            settings: Settings {
+                limits: g.limits.clone(),
+                ping_interval: g.ping_interval,
+                ping_limit: g.ping_not_response_limit,
+                ping_data: g.ping_data.clone(),
+                secret: cfg.secret_key.clone(),
+                ws_cfg: websocket::config(g.limits.max_package_size),
+                run_dir: cfg.run_dir.clone(),
+            },
+            accept: Acceptor { listeners, tls, ready: true, paused: false, backoff: false },
+            clients: Clients::new(CLIENT_BASE, g.limits.max_connections),
+            links: Links::new(INNER_BASE),
+            router: Router::default(),
+            index: Directory::default(),
+            registers: RegisterLinks::new(
+                &cfg.register_address,
+                REGISTER_BASE,
+                lines::gateway_connect(&address, &cfg.secret_key),
+                "gateway",
+            ),
+            bufs: Bufs::default(),
+            logs: Logs { gate: Throttle::new(LOG_PERIOD), refused: OncePerPeer::new(), last_no_worker: None },
             started: Instant::now(),
             clock: 0,
-            listeners,
-            accept_ready: true,
-            accept_paused: false,
-            accept_backoff: false,
-            tls,
-            ws_cfg: websocket::config(g.limits.max_package_size),
-            clients: Clients::with_capacity(g.limits.max_connections),
-            inners: Slab::new(),
-            inner_serial: 0,
-            router: Router::default(),
-            uids: Index::default(),
-            groups: Index::default(),
-            registers,
-            register_lines: lines::gateway_connect(&address, &cfg.secret_key),
-            parked: Vec::new(),
-            scratch: Vec::new(),
-            rx: client::Rx::default(),
-            encoded: Vec::new(),
-            dirty_clients: Vec::new(),
-            dirty_inners: Vec::new(),
-            dead_clients: Vec::new(),
-            dead_inners: Vec::new(),
-            again: Vec::new(),
-            handshakes: VecDeque::new(),
             stats,
             stop: Stop::No,
-            last_no_worker_log: None,
-            run_dir: cfg.run_dir.clone(),
-            log_gate: Throttle::new(LOG_PERIOD),
-            refused: OncePerPeer::new(),
         }
     }
 
     fn start(&mut self, cx: &mut Ctx<'_, Timer>) -> io::Result<()> {
-        cx.registry.register(&mut self.listeners.public, PUBLIC, Interest::READABLE)?;
-        cx.registry.register(&mut self.listeners.inner_tcp, INNER_TCP, Interest::READABLE)?;
-        cx.registry.register(&mut self.listeners.inner_unix, INNER_UNIX, Interest::READABLE)?;
-        for i in 0..self.registers.len() {
-            self.dial_register(cx, i);
-        }
+        let l = &mut self.accept.listeners;
+        cx.registry.register(&mut l.public, PUBLIC, Interest::READABLE)?;
+        cx.registry.register(&mut l.inner_tcp, INNER_TCP, Interest::READABLE)?;
+        cx.registry.register(&mut l.inner_unix, INNER_UNIX, Interest::READABLE)?;
+        self.registers.dial_all(cx, Timer::RegisterRetry);
         cx.after(Duration::from_secs(1), Timer::Tick);
         if let Some(period) = self.heartbeat_period() {
             cx.after(period, Timer::Heartbeat);
@@ -259,50 +266,23 @@ impl Gateway {
 
     /// One line per connection, for the `connections` command.
     fn connections(&self) -> Vec<ConnInfo> {
-        let mut out = Vec::new();
-        let tls = self.tls.is_some();
-        for (_, c) in self.clients.iter() {
-            let (local, remote) = conns::addrs(&c.io);
-            out.push(ConnInfo {
-                id: c.id as u64,
-                protocol: c.proto().scheme(tls),
-                transport: if tls { "ssl" } else { "tcp" },
-                recv_q: c.pending_input(),
-                send_q: c.queued(),
-                bytes_read: c.bytes_read,
-                bytes_written: c.bytes_written,
-                state: if c.closing || c.dead {
-                    "CLOSING"
-                } else if c.handshaking() {
-                    "CONNECTING"
-                } else {
-                    "ESTABLISHED"
-                },
-                local,
-                remote,
-            });
-        }
-        for (_, i) in self.inners.iter() {
-            let (local, remote) = conns::addrs(&i.io);
-            out.push(ConnInfo {
-                id: i.serial,
-                protocol: "GatewayProtocol",
-                transport: if matches!(i.io, Io::Unix(_)) { "unix" } else { "tcp" },
-                recv_q: i.inbuf.len(),
-                send_q: i.out.len(),
-                bytes_read: i.bytes_read,
-                bytes_written: i.bytes_written,
-                state: if i.closing || i.dead { "CLOSING" } else { "ESTABLISHED" },
-                local,
-                remote,
-            });
-        }
-        out.extend(self.registers.iter().map(|l| l.conn_info(0)));
+        let tls = self.accept.tls.is_some();
+        let client = |c: &client::Client| {
+            let mut info = c.conn.info(c.id as u64, c.proto().scheme(tls));
+            info.recv_q = c.pending_input();
+            if c.handshaking() && info.state != "CLOSING" {
+                info.state = "CONNECTING";
+            }
+            info
+        };
+        let mut out: Vec<ConnInfo> = self.clients.iter().map(|(_, c)| client(c)).collect();
+        out.extend(self.links.conn_infos());
+        out.extend(self.registers.conn_infos(0));
         out
     }
 
     fn begin_stop(&mut self, cx: &mut Ctx<'_, Timer>, graceful: bool) {
-        let _ = cx.registry.deregister(&mut self.listeners.public);
+        let _ = cx.registry.deregister(&mut self.accept.listeners.public);
         self.stats.slot().set_state(State::Draining);
         if graceful {
             self.stop = Stop::Graceful;
@@ -310,10 +290,9 @@ impl Gateway {
         } else {
             // Last pass: execute what workers already wrote to us (their final replies may
             // not have raised an edge yet) and hand it to the clients before exiting.
-            let keys: Vec<usize> = self.inners.iter().map(|(k, _)| k).collect();
-            for key in keys {
-                if let Some(inner) = self.inners.get_mut(key) {
-                    inner.ready.insert(Ready::READABLE);
+            for key in self.links.table.keys() {
+                if let Some(inner) = self.links.get_mut(key) {
+                    inner.conn.ready.insert(Ready::READABLE);
                 }
                 self.read_inner(key);
             }
@@ -326,34 +305,20 @@ impl Service for Gateway {
     type Timer = Timer;
 
     fn on_ready(&mut self, cx: &mut Ctx<'_, Timer>, token: Token, ready: Ready) {
-        match token.0 {
-            0 => {
-                self.accept_ready = true;
+        match token {
+            PUBLIC => {
+                self.accept.ready = true;
                 self.accept_clients(cx);
             }
-            1 => self.accept_inner(cx, false),
-            2 => self.accept_inner(cx, true),
-            t if (REGISTER_BASE..INNER_BASE).contains(&t) => {
-                if t - REGISTER_BASE < self.registers.len() {
-                    self.on_register_ready(cx, t - REGISTER_BASE, ready);
-                }
+            INNER_TCP => self.accept_inner(cx, false),
+            INNER_UNIX => self.accept_inner(cx, true),
+            Token(t) if t >= CLIENT_BASE => self.on_client_ready(t - CLIENT_BASE, ready),
+            Token(t) if t >= INNER_BASE => self.on_inner_ready(t - INNER_BASE, ready),
+            Token(t) if t >= REGISTER_BASE => {
+                // Registers never write to gateways: reading only notices a close.
+                self.registers.on_ready(cx, t - REGISTER_BASE, ready, Timer::RegisterRetry);
             }
-            t if (INNER_BASE..CLIENT_BASE).contains(&t) => self.on_inner_ready(t - INNER_BASE, ready),
-            t => {
-                let key = t - CLIENT_BASE;
-                let Some(c) = self.clients.by_key_mut(key) else { return };
-                c.ready.insert(ready);
-                if ready.contains(Ready::WRITABLE) && c.wants_flush() {
-                    self.mark_dirty(key);
-                }
-                if self.clients.by_key(key).is_some_and(|c| c.ready.contains(Ready::READABLE)) {
-                    self.read_client(key);
-                }
-                // A TLS handshake step may have queued records to send.
-                if self.clients.by_key(key).is_some_and(|c| c.wants_flush()) {
-                    self.mark_dirty(key);
-                }
-            }
+            Token(_) => {}
         }
     }
 
@@ -366,10 +331,10 @@ impl Service for Gateway {
                     cx.after(p, Timer::Heartbeat);
                 }
             }
-            Timer::RegisterRetry(i) => self.dial_register(cx, i),
+            Timer::RegisterRetry(i) => self.registers.dial(cx, i, Timer::RegisterRetry),
             Timer::KeepAlive => self.keepalive(cx),
             Timer::ResumeAccept => {
-                self.accept_backoff = false;
+                self.accept.backoff = false;
                 self.accept_clients(cx);
             }
         }
@@ -380,7 +345,7 @@ impl Service for Gateway {
             libc::SIGQUIT => self.begin_stop(cx, true),
             libc::SIGUSR1 | libc::SIGUSR2 => crate::cli::logger::reopen(),
             libc::SIGIO => {
-                if let Err(e) = conns::dump(&self.run_dir, &self.me.name, &self.connections()) {
+                if let Err(e) = conns::dump(&self.settings.run_dir, &self.me.name, &self.connections()) {
                     warn!("gateway: cannot write the connection list: {e}");
                 }
             }
@@ -390,21 +355,17 @@ impl Service for Gateway {
     }
 
     fn end_of_turn(&mut self, cx: &mut Ctx<'_, Timer>) -> bool {
-        for key in std::mem::take(&mut self.again) {
+        for key in std::mem::take(&mut self.clients.again) {
             self.read_client(key);
         }
         // Resume accepting below 90 % of the limit (hysteresis).
-        if self.accept_paused && self.clients.len() * 10 < self.limits.max_connections * 9 {
-            self.accept_paused = false;
+        if self.accept.paused && self.clients.len() * 10 < self.settings.limits.max_connections * 9 {
+            self.accept.paused = false;
             self.accept_clients(cx);
         }
         self.flush_all(cx);
-        let registers = self.registers.iter().filter(|l| l.is_connected()).count();
-        Slot::set(
-            &self.stats.slot().connections,
-            (self.clients.len() + self.inners.len() + registers) as u64,
-        );
-        !self.again.is_empty()
+        self.count_connections();
+        !self.clients.again.is_empty()
     }
 
     fn should_stop(&self) -> bool {
@@ -413,6 +374,14 @@ impl Service for Gateway {
             Stop::Now => true,
             Stop::Graceful => self.clients.is_empty(),
         }
+    }
+}
+
+impl Gateway {
+    /// The `connections` statistic: clients, inner links and connected register links.
+    fn count_connections(&self) {
+        let n = self.clients.len() + self.links.len() + self.registers.connected();
+        Slot::set(&self.stats.slot().connections, n as u64);
     }
 }
 

@@ -1,19 +1,21 @@
 //! Answers to query commands, byte for byte as GatewayWorker serializes them
-//! (GATEWAYWORKER.md §2.3-2.4). The caller frames them as `u32_be(len) ‖ payload`.
+//! (PHP `serialize`). The caller frames them as `u32_be(len) ‖ payload`.
 
 use serde_json::Value as Json;
 
 use super::clients::Clients;
+use super::directory::Directory;
 use super::index::Index;
 use crate::wire::packet::{Packet, cmd};
 use crate::wire::php::{self, Array, Key, Value};
 
 /// The serialized reply to query packet `p`.
-pub fn answer(clients: &Clients, uids: &Index, groups: &Index, p: &Packet<'_>) -> Vec<u8> {
+pub fn answer(clients: &Clients, index: &Directory, p: &Packet<'_>) -> Vec<u8> {
+    let (uids, groups) = (&index.uids, &index.groups);
     let id = p.header.connection_id;
     let value = match p.header.cmd {
         cmd::GET_ALL_CLIENT_SESSIONS => sessions(clients, clients.ids_sorted()),
-        cmd::IS_ONLINE => Value::Int(clients.get(id).is_some() as i64),
+        cmd::IS_ONLINE => Value::Int(clients.by_id(id).is_some() as i64),
         cmd::GET_CLIENT_ID_BY_UID => id_list(uids, p.ext),
         cmd::BATCH_GET_CLIENT_ID_BY_UID => {
             let mut a = Array::new();
@@ -45,7 +47,7 @@ pub fn answer(clients: &Clients, uids: &Index, groups: &Index, p: &Packet<'_>) -
             Value::Array(a)
         }
         cmd::GET_SESSION_BY_CLIENT_ID => {
-            return match clients.get(id) {
+            return match clients.by_id(id) {
                 None => b"N;".to_vec(),
                 Some(c) if c.session.is_empty() => b"a:0:{}".to_vec(),
                 Some(c) => c.session.clone(),
@@ -60,7 +62,7 @@ pub fn answer(clients: &Clients, uids: &Index, groups: &Index, p: &Packet<'_>) -
 fn sessions(clients: &Clients, ids: Vec<u32>) -> Value {
     let mut a = Array::with_capacity(ids.len());
     for id in ids {
-        if let Some(c) = clients.get(id) {
+        if let Some(c) = clients.by_id(id) {
             a.insert(Key::Int(id as i64), Value::Str(c.session.clone()));
         }
     }
@@ -126,7 +128,7 @@ fn select(clients: &Clients, uids: &Index, groups: &Index, ext: &[u8]) -> Value 
     };
     let mut out = Array::new();
     for id in matched {
-        let Some(c) = clients.get(id) else { continue };
+        let Some(c) = clients.by_id(id) else { continue };
         if out.get(&Key::Int(id as i64)).is_some() {
             continue;
         }

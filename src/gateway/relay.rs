@@ -6,46 +6,57 @@ use std::time::{Duration, Instant};
 
 use log::warn;
 
-use super::client::{self, Closed, Inbound};
-use super::{Gateway, READ_BUDGET, Timer};
-use crate::net::websocket;
-use crate::reactor::Ctx;
-use crate::stats::Slot;
+use super::client::{self, Client, Closed, Inbound};
+use super::inner::Links;
+use super::{Gateway, Identity, Logs, READ_BUDGET, Timer, server_vars};
+use crate::net::table::Owned;
+use crate::reactor::{Ctx, Ready};
+use crate::stats::{Slot, Stats};
 use crate::wire::packet::{self, Header, cmd, flag};
 use crate::wire::php;
 
 impl Gateway {
-    /// Read up to the budget from client `key`, forwarding each message.
-    pub(super) fn read_client(&mut self, key: usize) {
-        let mut scratch = std::mem::take(&mut self.scratch);
-        let mut rx = std::mem::take(&mut self.rx);
-        self.read_client_with(key, &mut rx, &mut scratch);
-        // The shared read buffer must be empty before the next client uses it.
-        match self.clients.by_key_mut(key) {
-            Some(c) => c.stash(&mut rx),
-            None => rx.clear(),
+    /// Readiness of client `key`: read what arrived, and flush what a TLS step queued.
+    pub(super) fn on_client_ready(&mut self, key: usize, ready: Ready) {
+        let Some(c) = self.clients.on_ready(key, ready) else { return };
+        if c.conn.ready.contains(Ready::READABLE) {
+            self.read_client(key);
         }
-        self.rx = rx;
-        self.scratch = scratch;
+        // A TLS handshake step may have queued records to send.
+        if self.clients.get(key).is_some_and(|c| c.wants_flush()) {
+            self.clients.mark_dirty(key);
+        }
     }
 
-    pub(super) fn read_client_with(&mut self, key: usize, rx: &mut client::Rx, scratch: &mut Vec<u8>) {
+    /// Read up to the budget from client `key`, forwarding each message.
+    pub(super) fn read_client(&mut self, key: usize) {
+        let mut bufs = std::mem::take(&mut self.bufs);
+        self.read_client_with(key, &mut bufs.rx, &mut bufs.msg);
+        // The shared read buffer must be empty before the next client uses it.
+        match self.clients.get_mut(key) {
+            Some(c) => c.stash(&mut bufs.rx),
+            None => bufs.rx.clear(),
+        }
+        self.bufs = bufs;
+    }
+
+    fn read_client_with(&mut self, key: usize, rx: &mut client::Rx, msg: &mut Vec<u8>) {
+        let max = self.settings.limits.max_package_size;
         for _ in 0..READ_BUDGET {
-            let Some(c) = self.clients.by_key_mut(key) else { return };
-            match c.next(rx, scratch, self.limits.max_package_size, &self.ws_cfg) {
+            let Some(c) = self.clients.get_mut(key) else { return };
+            match c.next(rx, msg, max, &self.settings.ws_cfg) {
                 Inbound::Message { binary } => {
                     c.ping = -1;
                     c.last_active = self.clock;
-                    let slot = self.stats.slot();
-                    Slot::bump(&slot.total_request);
+                    Slot::bump(&self.stats.slot().total_request);
                     let f = flag::BODY_IS_SCALAR | if binary { flag::BINARY } else { 0 };
-                    self.forward(key, cmd::ON_MESSAGE, f, scratch);
+                    self.forward(key, cmd::ON_MESSAGE, f, msg);
                 }
                 Inbound::Upgraded(req) => {
                     let ip = Ipv4Addr::from(c.ip).to_string();
-                    let data = websocket::connect_data(&req, &ip, c.port, self.me.public_port);
+                    let data = server_vars::connect_data(&req, &ip, c.port, self.me.public_port);
                     let body = php::serialize(&data);
-                    self.mark_dirty(key);
+                    self.clients.mark_dirty(key);
                     self.forward(key, cmd::ON_WEBSOCKET_CONNECT, 0, &body);
                 }
                 Inbound::Idle => return,
@@ -57,175 +68,155 @@ impl Gateway {
             }
         }
         // Budget used up: keep going next turn without waiting for an edge.
-        self.again.push(key);
+        self.clients.again.push(key);
     }
 
-    pub(super) fn log_closed(&mut self, key: usize, why: &Closed) {
-        let Some(c) = self.clients.by_key(key) else { return };
+    fn log_closed(&mut self, key: usize, why: &Closed) {
+        let Some(c) = self.clients.get(key) else { return };
         let slot = self.stats.slot();
-        match why {
-            Closed::Peer => {}
+        let (kind, reason, key_hint) = match why {
+            Closed::Peer => return,
             Closed::Bad(kind, reason) => {
                 Slot::bump(&slot.bad_input);
-                if let Some(more) = self.log_gate.check(kind) {
-                    warn!(
-                        "gateway: client {} ({}:{}) closed: {reason}{more}",
-                        c.id,
-                        Ipv4Addr::from(c.ip),
-                        c.port
-                    );
-                }
+                (*kind, reason, "")
             }
             Closed::TooBig(reason) => {
                 Slot::bump(&slot.limit_size);
-                if let Some(more) = self.log_gate.check("client_too_big") {
-                    warn!(
-                        "gateway: client {} ({}:{}) closed: {reason} (gateway.limits.max_package_size){more}",
-                        c.id,
-                        Ipv4Addr::from(c.ip),
-                        c.port
-                    );
-                }
+                ("client_too_big", reason, " (gateway.limits.max_package_size)")
             }
+        };
+        if let Some(more) = self.logs.gate.check(kind) {
+            let addr = Ipv4Addr::from(c.ip);
+            warn!("gateway: client {} ({addr}:{}) closed: {reason}{key_hint}{more}", c.id, c.port);
         }
     }
 
     /// Close after writing what is queued (close frame, error page, KICK message).
     pub(super) fn close_client(&mut self, key: usize) {
-        if let Some(c) = self.clients.by_key_mut(key) {
+        if let Some(c) = self.clients.dirty_mut(key) {
             c.close_after_flush();
-            self.mark_dirty(key);
         }
     }
-
-    pub(super) fn mark_dirty(&mut self, key: usize) {
-        if let Some(c) = self.clients.by_key_mut(key)
-            && !c.dirty
-        {
-            c.dirty = true;
-            self.dirty_clients.push(key);
-        }
-    }
-
-    pub(super) fn mark_dead(&mut self, key: usize) {
-        if let Some(c) = self.clients.by_key_mut(key)
-            && !c.dead
-        {
-            c.dead = true;
-            self.dead_clients.push(key);
-        }
-    }
-
-    // ----- forwarding to workers ---------------------------------------------------------
 
     /// Send one client event to the client's business worker (GatewayWorker's
     /// `sendToWorker`): header with the client's address, ext = session.
     pub(super) fn forward(&mut self, key: usize, command: u8, flags: u8, body: &[u8]) {
-        let Some(c) = self.clients.by_key_mut(key) else { return };
-        let header = Header {
-            cmd: command,
-            local_ip: self.me.lan_ip,
-            local_port: self.me.lan_port,
-            client_ip: c.ip,
-            client_port: c.port,
-            connection_id: c.id,
-            flag: flags,
-            gateway_port: self.me.public_port,
-        };
-        let route = self.router.route(c.route);
-        c.route = route;
-        match route {
+        let Some(c) = self.clients.get_mut(key) else { return };
+        let limit = self.settings.limits.send_to_worker_buffer_size;
+        let header = self.me.header(c, command, flags);
+        c.route = self.router.route(c.route);
+        let kept = match c.route {
             Some(r) => {
-                let Some(inner) = self.inners.get_mut(r.key) else { return };
-                if inner.out.len() >= self.limits.send_to_worker_buffer_size {
-                    Slot::bump(&self.stats.slot().send_fail);
-                    if let Some(more) = self.log_gate.check("worker_buffer") {
-                        warn!(
-                            "gateway: SendBufferToWorker fail. The send buffer to worker {} is full (gateway.limits.send_to_worker_buffer_size); event dropped{more}",
-                            inner.peer
-                        );
-                    }
-                    return;
-                }
-                packet::encode(inner.out.vec(), &header, &c.session, body);
-                if !inner.dirty {
-                    inner.dirty = true;
-                    self.dirty_inners.push(r.key);
-                }
+                let event = (&header, &c.session[..], body);
+                send_event(&mut self.links, r.key, event, limit, &self.stats, &mut self.logs);
+                true
             }
-            None => self.park(key, &header, body),
+            None => park(&mut self.links, c, &header, body, limit, &self.stats, &mut self.logs),
+        };
+        if !kept && command != cmd::ON_CLOSE {
+            self.clients.mark_dead(key);
         }
-    }
-
-    /// No business worker is linked: keep the event until one links (bounded), or
-    /// destroy the client as GatewayWorker does when the buffer is full.
-    pub(super) fn park(&mut self, key: usize, header: &Header, body: &[u8]) {
-        let Some(c) = self.clients.by_key(key) else { return };
-        if self.parked.len() + body.len() + c.session.len() + packet::HEADER_LEN
-            > self.limits.send_to_worker_buffer_size
-        {
-            let now = Instant::now();
-            if self.last_no_worker_log.is_none_or(|t| now.duration_since(t) > Duration::from_secs(1)) {
-                warn!(
-                    "gateway: SendBufferToWorker fail. The connections between Gateway and BusinessWorker are not ready; closing client {}",
-                    c.id
-                );
-                self.last_no_worker_log = Some(now);
-            }
-            Slot::bump(&self.stats.slot().send_fail);
-            if header.cmd != cmd::ON_CLOSE {
-                self.mark_dead(key);
-            }
-            return;
-        }
-        packet::encode(&mut self.parked, header, &c.session, body);
     }
 
     /// A worker linked: route every parked event.
     pub(super) fn replay_parked(&mut self) {
-        let parked = std::mem::take(&mut self.parked);
+        let parked = std::mem::take(&mut self.links.parked);
         let mut rest = &parked[..];
         while let Ok(Some((p, n))) = packet::decode(rest, usize::MAX) {
-            let route = match self.clients.key_of(p.header.connection_id) {
-                Some(k) => {
-                    let c = self.clients.by_key_mut(k).map(|c| c.route).unwrap_or(None);
-                    let r = self.router.route(c);
-                    if let Some(cl) = self.clients.by_key_mut(k) {
-                        cl.route = r;
-                    }
-                    r
+            let route = match self.clients.by_id_mut(p.header.connection_id) {
+                Some(c) => {
+                    c.route = self.router.route(c.route);
+                    c.route
                 }
                 None => self.router.any(),
             };
-            if let Some(r) = route
-                && let Some(inner) = self.inners.get_mut(r.key)
-            {
-                inner.out.extend(&rest[..n]);
-                if !inner.dirty {
-                    inner.dirty = true;
-                    self.dirty_inners.push(r.key);
-                }
+            if let Some(out) = route.and_then(|r| self.links.out(r.key)) {
+                out.extend(&rest[..n]);
             }
             rest = &rest[n..];
         }
     }
 
     pub(super) fn destroy_client(&mut self, cx: &mut Ctx<'_, Timer>, key: usize) {
-        if self.clients.by_key(key).is_none() {
-            return;
-        }
         self.forward(key, cmd::ON_CLOSE, flag::BODY_IS_SCALAR, &[]);
-        let Some(mut c) = self.clients.remove(key) else { return };
-        c.io.deregister(cx.registry);
+        let Some(mut c) = self.clients.remove(cx.registry, key) else { return };
         c.release();
-        if let Some(uid) = c.uid.take() {
-            self.uids.remove(&uid, c.id);
-        }
-        for g in c.groups.take().unwrap_or_default() {
-            self.groups.remove(&g, c.id);
-        }
+        self.index.forget(&mut c);
         if let Some(r) = c.route {
             self.router.unbind(r);
         }
     }
+}
+
+impl Identity {
+    /// The header of an event of client `c`.
+    fn header(&self, c: &Client, command: u8, flags: u8) -> Header {
+        Header {
+            cmd: command,
+            local_ip: self.lan_ip,
+            local_port: self.lan_port,
+            client_ip: c.ip,
+            client_port: c.port,
+            connection_id: c.id,
+            flag: flags,
+            gateway_port: self.public_port,
+        }
+    }
+}
+
+/// Queue an event on worker link `key`; a full link drops it (counted, logged) and keeps
+/// the client, as GatewayWorker does.
+fn send_event(
+    links: &mut Links,
+    key: usize,
+    event: (&Header, &[u8], &[u8]),
+    limit: usize,
+    stats: &Stats,
+    logs: &mut Logs,
+) {
+    let (header, session, body) = event;
+    let res = links.table.send_with(key, |inner| {
+        if inner.conn.out.len() >= limit {
+            return Err(());
+        }
+        packet::encode(inner.conn.out.vec(), header, session, body);
+        Ok(())
+    });
+    if res != Some(Err(())) {
+        return;
+    }
+    Slot::bump(&stats.slot().send_fail);
+    if let Some(more) = logs.gate.check("worker_buffer") {
+        let peer = links.get(key).map_or("", |i| i.peer.as_str());
+        warn!(
+            "gateway: SendBufferToWorker fail. The send buffer to worker {peer} is full (gateway.limits.send_to_worker_buffer_size); event dropped{more}"
+        );
+    }
+}
+
+/// No business worker is linked: keep the event until one links (bounded). False when the
+/// buffer is full: GatewayWorker then destroys the client.
+fn park(
+    links: &mut Links,
+    c: &Client,
+    header: &Header,
+    body: &[u8],
+    limit: usize,
+    stats: &Stats,
+    logs: &mut Logs,
+) -> bool {
+    if links.parked.len() + body.len() + c.session.len() + packet::HEADER_LEN > limit {
+        let now = Instant::now();
+        if logs.last_no_worker.is_none_or(|t| now.duration_since(t) > Duration::from_secs(1)) {
+            warn!(
+                "gateway: SendBufferToWorker fail. The connections between Gateway and BusinessWorker are not ready; closing client {}",
+                c.id
+            );
+            logs.last_no_worker = Some(now);
+        }
+        Slot::bump(&stats.slot().send_fail);
+        return false;
+    }
+    packet::encode(&mut links.parked, header, &c.session, body);
+    true
 }

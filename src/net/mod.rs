@@ -1,9 +1,13 @@
-//! Sockets: listeners bound by the master, the plain/TLS byte stream, and the client
-//! protocols (text, frame, websocket).
+//! Sockets: listeners bound by the master, the plain/TLS byte stream, one connection type
+//! (`Conn`) and the table that owns connections, outgoing links, and the client protocols
+//! (text, frame, websocket).
 
+pub mod conn;
 pub mod frame;
 pub mod io;
+pub mod link;
 pub mod listener;
+pub mod table;
 pub mod text;
 pub mod tls;
 pub mod websocket;

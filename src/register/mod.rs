@@ -1,6 +1,8 @@
 //! The register: the cluster's address book. Gateways announce their inner address, business
 //! workers (and GatewayClients) receive the list and every change of it. It never carries
-//! client traffic (GATEWAYWORKER.md §1.2).
+//! client traffic.
+
+pub mod links;
 
 use std::io;
 use std::net::SocketAddr;
@@ -9,17 +11,20 @@ use std::time::Duration;
 use log::{info, warn};
 use mio::net::TcpListener;
 use mio::{Interest, Token};
-use slab::Slab;
 
 use crate::cli::logger::{OncePerPeer, Throttle};
 use crate::config::Config;
+use crate::net::conn::{Conn, ReadEnd};
 use crate::net::io::Io;
-use crate::reactor::{Ctx, InBuf, OutBuf, Reactor, Ready, Service, TimerId, would_block};
+use crate::net::table::{Owned, Table, conn_field};
+use crate::reactor::{Ctx, Reactor, Ready, Service, TimerId, would_block};
 use crate::stats::conns::ConnInfo;
 use crate::stats::{Slot, State, Stats};
 use crate::wire::register::{self as lines, Request};
 
 const LISTENER: Token = Token(0);
+/// Connection `k` has token `CONN_BASE + k`.
+const CONN_BASE: usize = 1;
 /// A line longer than this is not a register request.
 const MAX_LINE: usize = 64 * 1024;
 
@@ -41,31 +46,28 @@ enum Kind {
     Worker,
 }
 
-struct Conn {
-    io: Io,
+/// A connection from a gateway, a worker or a GatewayClient.
+struct Peer {
+    conn: Conn,
     peer: SocketAddr,
     serial: u64,
     kind: Kind,
-    ready: Ready,
-    inbuf: InBuf,
-    out: OutBuf,
     auth_timer: Option<TimerId>,
-    /// Close once `out` is written.
-    closing: bool,
-    bytes_read: u64,
-    bytes_written: u64,
+}
+
+impl Owned for Peer {
+    conn_field!();
 }
 
 /// The register service.
 pub struct Register {
     listener: TcpListener,
-    conns: Slab<Conn>,
+    conns: Table<Peer>,
     /// Gateways in registration order: (connection serial, address).
     gateways: Vec<(u64, String)>,
     secret: String,
     auth_timeout: Duration,
     next_serial: u64,
-    dirty: Vec<usize>,
     stats: Stats,
     stop: bool,
     run_dir: std::path::PathBuf,
@@ -93,12 +95,11 @@ impl Register {
         let auth_timeout = cfg.register.as_ref().map_or(Duration::from_secs(10), |r| r.auth_timeout);
         Register {
             listener,
-            conns: Slab::new(),
+            conns: Table::new(CONN_BASE, 0),
             gateways: Vec::new(),
             secret: cfg.secret_key.clone(),
             auth_timeout,
             next_serial: 0,
-            dirty: Vec::new(),
             stats,
             stop: false,
             run_dir: cfg.run_dir.clone(),
@@ -112,29 +113,19 @@ impl Register {
             match self.listener.accept() {
                 Ok((stream, peer)) => {
                     crate::net::inner_link_options(&stream);
-                    let entry = self.conns.vacant_entry();
-                    let key = entry.key();
-                    let mut io = Io::Tcp(stream);
-                    if let Err(e) = io.register(cx.registry, Token(key + 1)) {
+                    let key = self.conns.vacant_key();
+                    let serial = self.next_serial + 1;
+                    let conn = Conn::new(Io::Tcp(stream));
+                    let p = Peer { conn, peer, serial, kind: Kind::Unknown, auth_timer: None };
+                    if let Err(e) = self.conns.insert(cx.registry, p) {
                         warn!("register: cannot watch connection from {peer}: {e}");
                         continue;
                     }
-                    self.next_serial += 1;
-                    let serial = self.next_serial;
-                    let auth_timer = Some(cx.after(self.auth_timeout, Timer::Auth { key, serial }));
-                    entry.insert(Conn {
-                        io,
-                        peer,
-                        serial,
-                        kind: Kind::Unknown,
-                        ready: Ready::EMPTY,
-                        inbuf: InBuf::default(),
-                        out: OutBuf::default(),
-                        auth_timer,
-                        closing: false,
-                        bytes_read: 0,
-                        bytes_written: 0,
-                    });
+                    self.next_serial = serial;
+                    let timer = cx.after(self.auth_timeout, Timer::Auth { key, serial });
+                    if let Some(p) = self.conns.get_mut(key) {
+                        p.auth_timer = Some(timer);
+                    }
                 }
                 Err(e) if would_block(&e) => return,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
@@ -149,46 +140,32 @@ impl Register {
 
     /// Read and handle every complete line of connection `key`.
     fn on_readable(&mut self, cx: &mut Ctx<'_, Timer>, key: usize) {
-        let Some(c) = self.conns.get_mut(key) else { return };
-        let mut eof = false;
         loop {
-            match c.inbuf.read_from(&mut c.io, 4096) {
-                Ok(0) => {
-                    eof = true;
-                    break;
-                }
-                Ok(n) => {
-                    c.bytes_read += n as u64;
-                    Slot::add(&self.stats.slot().bytes_read, n as u64);
-                }
-                Err(e) if would_block(&e) => break,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(_) => {
-                    eof = true;
-                    break;
-                }
+            let Some(p) = self.conns.get_mut(key) else { return };
+            let before = p.conn.bytes_read;
+            let end = p.conn.read(MAX_LINE + 1);
+            Slot::add(&self.stats.slot().bytes_read, p.conn.bytes_read - before);
+            while let Some(line) = self.next_line(key) {
+                self.handle_line(cx, key, &line);
             }
-            if c.inbuf.len() > MAX_LINE {
-                break;
+            let Some(p) = self.conns.get_mut(key) else { return };
+            if p.conn.inbuf.len() > MAX_LINE {
+                if let Some(more) = self.log_gate.check("long_line") {
+                    warn!("register: line over {MAX_LINE} bytes from {}, closing{more}", p.peer);
+                }
+                Slot::bump(&self.stats.slot().bad_input);
+                return self.close(cx, key);
             }
-        }
-        while let Some(line) = self.next_line(key) {
-            self.handle_line(cx, key, &line);
-        }
-        let Some(c) = self.conns.get_mut(key) else { return };
-        if c.inbuf.len() > MAX_LINE {
-            if let Some(more) = self.log_gate.check("long_line") {
-                warn!("register: line over {MAX_LINE} bytes from {}, closing{more}", c.peer);
+            match end {
+                Ok(ReadEnd::Full) => {}
+                Ok(ReadEnd::Drained) => return,
+                Ok(ReadEnd::Eof) | Err(_) => return self.close(cx, key),
             }
-            Slot::bump(&self.stats.slot().bad_input);
-            self.close(cx, key);
-        } else if eof {
-            self.close(cx, key);
         }
     }
 
     fn next_line(&mut self, key: usize) -> Option<Vec<u8>> {
-        let c = self.conns.get_mut(key)?;
+        let c = &mut self.conns.get_mut(key)?.conn;
         if c.closing {
             return None;
         }
@@ -216,10 +193,10 @@ impl Register {
                     warn!("register: {} from {peer}, closing{more}", bad.0);
                 }
                 Slot::bump(&self.stats.slot().bad_input);
-                c.out.extend(bad.0.as_bytes());
-                c.out.extend(b"\n");
-                c.closing = true;
-                self.dirty.push(key);
+                c.conn.out.extend(bad.0.as_bytes());
+                c.conn.out.extend(b"\n");
+                c.conn.closing = true;
+                self.conns.mark_dirty(key);
             }
             Ok(Request::GatewayConnect { address, secret }) => {
                 let Some(address) = address else {
@@ -246,8 +223,8 @@ impl Register {
                 let list = lines::broadcast_addresses(&self.addresses());
                 if let Some(c) = self.conns.get_mut(key) {
                     c.kind = Kind::Worker;
-                    c.out.extend(&list);
-                    self.dirty.push(key);
+                    c.conn.out.extend(&list);
+                    self.conns.mark_dirty(key);
                 }
             }
             Ok(Request::Ping) => {}
@@ -292,20 +269,20 @@ impl Register {
     /// Send the address list to every worker.
     fn broadcast(&mut self) {
         let line = lines::broadcast_addresses(&self.addresses());
+        let mut workers = Vec::new();
         for (key, c) in self.conns.iter_mut() {
-            if c.kind == Kind::Worker && !c.closing {
-                c.out.extend(&line);
-                self.dirty.push(key);
+            if c.kind == Kind::Worker && !c.conn.closing {
+                c.conn.out.extend(&line);
+                workers.push(key);
             }
+        }
+        for key in workers {
+            self.conns.mark_dirty(key);
         }
     }
 
     fn close(&mut self, cx: &mut Ctx<'_, Timer>, key: usize) {
-        if !self.conns.contains(key) {
-            return;
-        }
-        let mut c = self.conns.remove(key);
-        c.io.deregister(cx.registry);
+        let Some(mut c) = self.conns.remove(cx.registry, key) else { return };
         if let Some(t) = c.auth_timer.take() {
             cx.timers.cancel(t);
         }
@@ -316,27 +293,13 @@ impl Register {
         }
     }
 
+    /// End of turn: one write per dirty connection, then the closed ones go.
     fn flush(&mut self, cx: &mut Ctx<'_, Timer>) {
-        let mut dirty = std::mem::take(&mut self.dirty);
-        dirty.sort_unstable();
-        dirty.dedup();
-        for key in dirty.drain(..) {
-            let Some(c) = self.conns.get_mut(key) else { continue };
-            let before = c.out.len();
-            let res = c.out.write_to(&mut c.io);
-            c.bytes_written += (before - c.out.len()) as u64;
-            Slot::add(&self.stats.slot().bytes_written, (before - c.out.len()) as u64);
-            match res {
-                Ok(()) if c.closing => {
-                    c.io.shutdown_write();
-                    self.close(cx, key);
-                }
-                Ok(()) => {}
-                Err(e) if would_block(&e) => c.ready.remove(Ready::WRITABLE),
-                Err(_) => self.close(cx, key),
-            }
+        let written = self.conns.flush_dirty();
+        Slot::add(&self.stats.slot().bytes_written, written);
+        for key in self.conns.take_dead() {
+            self.close(cx, key);
         }
-        self.dirty = dirty;
     }
 }
 
@@ -348,13 +311,8 @@ impl Service for Register {
             self.accept(cx);
             return;
         }
-        let key = token.0 - 1;
-        let Some(c) = self.conns.get_mut(key) else { return };
-        c.ready.insert(ready);
-        if ready.contains(Ready::WRITABLE) && !c.out.is_empty() {
-            self.dirty.push(key);
-        }
-        if ready.contains(Ready::READABLE) {
+        let Some(key) = self.conns.key_of(token) else { return };
+        if self.conns.on_ready(key, ready).is_some() && ready.contains(Ready::READABLE) {
             self.on_readable(cx, key);
         }
     }
@@ -384,25 +342,8 @@ impl Service for Register {
         match signal {
             libc::SIGUSR1 | libc::SIGUSR2 => crate::cli::logger::reopen(),
             libc::SIGIO => {
-                let list: Vec<ConnInfo> = self
-                    .conns
-                    .iter()
-                    .map(|(k, c)| {
-                        let (local, remote) = crate::stats::conns::addrs(&c.io);
-                        ConnInfo {
-                            id: k as u64 + 1,
-                            protocol: "Text",
-                            transport: "tcp",
-                            recv_q: c.inbuf.len(),
-                            send_q: c.out.len(),
-                            bytes_read: c.bytes_read,
-                            bytes_written: c.bytes_written,
-                            state: if c.closing { "CLOSING" } else { "ESTABLISHED" },
-                            local,
-                            remote,
-                        }
-                    })
-                    .collect();
+                let list: Vec<ConnInfo> =
+                    self.conns.iter().map(|(k, p)| p.conn.info((CONN_BASE + k) as u64, "Text")).collect();
                 if let Err(e) = crate::stats::conns::dump(&self.run_dir, "Register", &list) {
                     warn!("register: cannot write the connection list: {e}");
                 }

@@ -1,7 +1,6 @@
 //! Everything two processes must agree on: GatewayProtocol packets, register JSON lines,
 //! PHP-serialized values.
 
-pub mod link;
 pub mod packet;
 pub mod php;
 pub mod register;

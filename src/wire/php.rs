@@ -274,41 +274,24 @@ impl From<String> for Value {
     }
 }
 
-impl From<Vec<u8>> for Value {
-    fn from(b: Vec<u8>) -> Value {
-        Value::Str(b)
-    }
-}
-
 impl From<&[u8]> for Value {
     fn from(b: &[u8]) -> Value {
         Value::Str(b.to_vec())
     }
 }
 
-impl From<i64> for Value {
-    fn from(i: i64) -> Value {
-        Value::Int(i)
-    }
+/// `Value` from the Rust type each variant holds.
+macro_rules! value_from {
+    ($($t:ty => $variant:ident),*) => {$(
+        impl From<$t> for Value {
+            fn from(v: $t) -> Value {
+                Value::$variant(v)
+            }
+        }
+    )*};
 }
 
-impl From<f64> for Value {
-    fn from(f: f64) -> Value {
-        Value::Float(f)
-    }
-}
-
-impl From<bool> for Value {
-    fn from(b: bool) -> Value {
-        Value::Bool(b)
-    }
-}
-
-impl From<Array> for Value {
-    fn from(a: Array) -> Value {
-        Value::Array(a)
-    }
-}
+value_from!(Vec<u8> => Str, i64 => Int, f64 => Float, bool => Bool, Array => Array);
 
 impl From<Key> for Value {
     /// The key as PHP hands it out in `foreach`: an int or a string.

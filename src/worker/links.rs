@@ -7,44 +7,50 @@ use std::io;
 use std::net::{SocketAddr, SocketAddrV4};
 use std::time::{Duration, Instant};
 
-use mio::{Registry, Token};
-use slab::Slab;
+use mio::Registry;
 
 use crate::api::context::Links;
 use crate::api::transport::{ApiError, LocalGateways, Pkt};
+use crate::net::conn::{Conn, ReadEnd};
+use crate::net::link::{self, Target};
+use crate::net::table::{Owned, Table, conn_field};
 use crate::reactor::{InBuf, Ready};
-use crate::wire::link::{Link, ReadEnd, Target};
+use crate::stats::conns::ConnInfo;
 use crate::wire::packet::{cmd, flag};
 
+/// One link to a gateway.
 struct GwLink {
     addr: SocketAddrV4,
-    link: Link,
+    target: Target,
+    conn: Conn,
+    /// The connect finished; until then bytes wait in `conn.out`.
+    connected: bool,
     drain_requested: bool,
     acked: bool,
-    dirty: bool,
 }
 
+impl Owned for GwLink {
+    conn_field!();
+    fn wants_flush(&self) -> bool {
+        self.connected && !self.conn.out.is_empty()
+    }
+}
+
+/// The links, a map from gateway address to link, and how to reach a gateway on this host.
 pub struct GatewayLinks {
-    slab: Slab<GwLink>,
+    table: Table<GwLink>,
     by_addr: HashMap<SocketAddrV4, usize>,
     local: LocalGateways,
     connect_body: Vec<u8>,
-    base: usize,
-    dirty: Vec<usize>,
-    broken: Vec<usize>,
 }
 
 impl GatewayLinks {
     pub fn new(local: LocalGateways, connect_body: Vec<u8>, base: usize) -> GatewayLinks {
-        GatewayLinks {
-            slab: Slab::new(),
-            by_addr: HashMap::new(),
-            local,
-            connect_body,
-            base,
-            dirty: Vec::new(),
-            broken: Vec::new(),
-        }
+        GatewayLinks { table: Table::new(base, 0), by_addr: HashMap::new(), local, connect_body }
+    }
+
+    fn by_addr_mut(&mut self, gw: SocketAddrV4) -> Option<&mut GwLink> {
+        self.table.get_mut(*self.by_addr.get(&gw)?)
     }
 
     pub fn has(&self, gw: SocketAddrV4) -> bool {
@@ -52,145 +58,130 @@ impl GatewayLinks {
     }
 
     pub fn is_connected(&self, gw: SocketAddrV4) -> bool {
-        self.by_addr.get(&gw).and_then(|k| self.slab.get(*k)).is_some_and(|l| l.link.is_connected())
+        self.by_addr.get(&gw).and_then(|k| self.table.get(*k)).is_some_and(|l| l.connected)
     }
 
     pub fn connected(&self) -> usize {
-        self.slab.iter().filter(|(_, l)| l.link.is_connected()).count()
+        self.table.iter().filter(|(_, l)| l.connected).count()
     }
 
     pub fn addr(&self, key: usize) -> Option<SocketAddrV4> {
-        self.slab.get(key).map(|l| l.addr)
+        self.table.get(key).map(|l| l.addr)
     }
 
     pub fn target(&self, key: usize) -> String {
-        self.slab.get(key).map(|l| l.link.target.to_string()).unwrap_or_default()
+        self.table.get(key).map(|l| l.target.to_string()).unwrap_or_default()
     }
 
-    /// Start linking to `gw`: Unix socket when it is on this host, TCP otherwise.
-    pub fn dial(&mut self, reg: &Registry, gw: SocketAddrV4) -> io::Result<()> {
+    /// Start linking to `gw`: Unix socket when it is on this host, TCP otherwise. Returns
+    /// the link's key.
+    pub fn dial(&mut self, reg: &Registry, gw: SocketAddrV4) -> io::Result<usize> {
         let target = match self.local.socket(gw) {
             Some(path) => Target::Unix(path),
             None => Target::Tcp(SocketAddr::V4(gw)),
         };
-        let entry = self.slab.vacant_entry();
-        let mut link = Link::new(target, Token(self.base + entry.key()));
-        link.protocol = "GatewayProtocol";
+        let mut conn = Conn::new(link::connect(&target)?);
         Pkt::new(cmd::WORKER_CONNECT, 0, flag::BODY_IS_SCALAR, b"", &self.connect_body)
-            .encode_into(link.out.vec());
-        link.dial(reg)?;
-        let key = entry.key();
-        entry.insert(GwLink { addr: gw, link, drain_requested: false, acked: false, dirty: false });
+            .encode_into(conn.out.vec());
+        let l = GwLink { addr: gw, target, conn, connected: false, drain_requested: false, acked: false };
+        let key = self.table.insert(reg, l)?;
         self.by_addr.insert(gw, key);
-        Ok(())
+        Ok(key)
     }
 
     /// Fold in readiness; `Ok(true)` when the link just became connected.
     pub fn on_ready(&mut self, key: usize, ready: Ready) -> io::Result<bool> {
-        let Some(l) = self.slab.get_mut(key) else { return Ok(false) };
-        let became = l.link.on_ready(ready)?;
-        if (became || ready.contains(Ready::WRITABLE)) && !l.link.out.is_empty() {
-            l.link.flush()?;
+        let Some(l) = self.table.on_ready(key, ready) else { return Ok(false) };
+        if l.connected || !link::connect_done(&mut l.conn.io)? {
+            return Ok(false);
         }
-        Ok(became)
+        l.connected = true;
+        // What was queued before the connect (CMD_WORKER_CONNECT) goes at the end of the turn.
+        self.table.mark_dirty(key);
+        Ok(true)
     }
 
     pub fn read(&mut self, key: usize, cap: usize) -> io::Result<ReadEnd> {
-        match self.slab.get_mut(key) {
-            Some(l) => l.link.read(cap),
-            None => Ok(ReadEnd::Drained),
+        match self.table.get_mut(key) {
+            Some(l) if l.connected => l.conn.read(cap),
+            _ => Ok(ReadEnd::Drained),
         }
     }
 
     /// Length of the packet at the head of link `key`'s input, when known (0 otherwise).
     pub fn pending_packet(&self, key: usize) -> usize {
-        self.slab
+        self.table
             .get(key)
             .and_then(|l| {
-                crate::wire::packet::peek_len(l.link.inbuf.data(), super::MAX_PACKET).ok().flatten()
+                crate::wire::packet::peek_len(l.conn.inbuf.data(), super::MAX_PACKET).ok().flatten()
             })
             .unwrap_or(0)
     }
 
     pub fn take_inbuf(&mut self, key: usize) -> Option<InBuf> {
-        self.slab.get_mut(key).map(|l| std::mem::take(&mut l.link.inbuf))
+        self.table.get_mut(key).map(|l| std::mem::take(&mut l.conn.inbuf))
     }
 
     pub fn put_inbuf(&mut self, key: usize, buf: InBuf) {
-        if let Some(l) = self.slab.get_mut(key) {
-            l.link.inbuf = buf;
+        if let Some(l) = self.table.get_mut(key) {
+            l.conn.inbuf = buf;
         }
     }
 
     /// Forget link `key`; returns its gateway.
     pub fn remove(&mut self, reg: &Registry, key: usize) -> Option<SocketAddrV4> {
-        let mut l = self.slab.try_remove(key)?;
-        l.link.close(reg);
+        let l = self.table.remove(reg, key)?;
         self.by_addr.remove(&l.addr);
         Some(l.addr)
     }
 
     pub fn set_acked(&mut self, key: usize) {
-        if let Some(l) = self.slab.get_mut(key) {
+        if let Some(l) = self.table.get_mut(key) {
             l.acked = true;
         }
     }
 
     /// Ask every gateway to stop routing to us; returns how many were asked.
     pub fn request_drain(&mut self) -> usize {
-        let mut n = 0;
-        for (key, l) in self.slab.iter_mut() {
+        let mut asked = Vec::new();
+        for (key, l) in self.table.iter_mut() {
             l.drain_requested = true;
-            if l.link.is_connected() {
-                Pkt::new(cmd::WORKER_DRAIN, 0, flag::BODY_IS_SCALAR, b"", b"").encode_into(l.link.out.vec());
-                if !l.dirty {
-                    l.dirty = true;
-                    self.dirty.push(key);
-                }
-                n += 1;
+            if l.connected {
+                Pkt::new(cmd::WORKER_DRAIN, 0, flag::BODY_IS_SCALAR, b"", b"").encode_into(l.conn.out.vec());
+                asked.push(key);
             } else {
                 l.acked = true;
             }
         }
-        n
+        for &key in &asked {
+            self.table.mark_dirty(key);
+        }
+        asked.len()
     }
 
     /// Every link acknowledged the drain (a closed link counts as done).
     pub fn all_acked(&self) -> bool {
-        self.slab.iter().all(|(_, l)| l.acked || !l.drain_requested)
+        self.table.iter().all(|(_, l)| l.acked || !l.drain_requested)
     }
 
     /// Queue a packet for gateway `gw`.
     pub fn queue_to(&mut self, gw: SocketAddrV4, p: Pkt<'_>) -> Result<(), ApiError> {
         let key = *self.by_addr.get(&gw).ok_or(ApiError::GatewayNotConnected(gw))?;
-        let l = self.slab.get_mut(key).ok_or(ApiError::GatewayNotConnected(gw))?;
-        if !l.link.is_connected() {
-            return Err(ApiError::GatewayNotConnected(gw));
+        match self.table.get(key) {
+            Some(l) if l.connected => {}
+            _ => return Err(ApiError::GatewayNotConnected(gw)),
         }
-        p.encode_into(l.link.out.vec());
-        if !l.dirty {
-            l.dirty = true;
-            self.dirty.push(key);
+        if let Some(l) = self.table.dirty_mut(key) {
+            p.encode_into(l.conn.out.vec());
         }
         Ok(())
     }
 
-    /// Write every link that has something queued (once per loop turn).
-    pub fn flush_dirty(&mut self) -> Result<(), String> {
-        let mut err = Ok(());
-        for key in std::mem::take(&mut self.dirty) {
-            let Some(l) = self.slab.get_mut(key) else { continue };
-            l.dirty = false;
-            if let Err(e) = l.link.flush() {
-                err = Err(format!("writing to gateway {} failed: {e}", l.addr));
-                self.broken.push(key);
-            }
-        }
-        err
-    }
-
-    pub fn take_broken(&mut self) -> Vec<usize> {
-        std::mem::take(&mut self.broken)
+    /// Write every link that has something queued (once per loop turn); returns the links
+    /// that broke.
+    pub fn flush_dirty(&mut self) -> Vec<usize> {
+        self.table.flush_dirty();
+        self.table.take_dead()
     }
 
     /// Before exit: keep writing until every queue is empty or `limit` passes.
@@ -198,8 +189,8 @@ impl GatewayLinks {
         let until = Instant::now() + limit;
         loop {
             let mut pending = false;
-            for (_, l) in self.slab.iter_mut() {
-                if l.link.is_connected() && l.link.flush().is_ok() && !l.link.out.is_empty() {
+            for (_, l) in self.table.iter_mut() {
+                if l.connected && l.conn.flush().is_ok() && !l.conn.out.is_empty() {
                     pending = true;
                 }
             }
@@ -210,18 +201,23 @@ impl GatewayLinks {
             std::thread::sleep(Duration::from_millis(1));
         }
     }
-}
 
-impl GatewayLinks {
     /// Lines for the `connections` command.
-    pub fn conn_infos(&self) -> Vec<crate::stats::conns::ConnInfo> {
-        self.slab.iter().map(|(k, l)| l.link.conn_info(k as u64 + 1)).collect()
+    pub fn conn_infos(&self) -> Vec<ConnInfo> {
+        let info = |k: usize, l: &GwLink| {
+            let mut i = l.conn.info(k as u64 + 1, "GatewayProtocol");
+            if !l.connected {
+                i.state = "CONNECTING";
+            }
+            i
+        };
+        self.table.iter().map(|(k, l)| info(k, l)).collect()
     }
 }
 
 impl Links for GatewayLinks {
     fn addresses(&self) -> Vec<SocketAddrV4> {
-        self.slab.iter().filter(|(_, l)| l.link.is_connected()).map(|(_, l)| l.addr).collect()
+        self.table.iter().filter(|(_, l)| l.connected).map(|(_, l)| l.addr).collect()
     }
 
     fn queue(&mut self, gw: SocketAddrV4, p: Pkt<'_>) -> Result<(), ApiError> {
@@ -230,8 +226,8 @@ impl Links for GatewayLinks {
 
     fn flush_now(&mut self, gws: &[SocketAddrV4]) {
         for gw in gws {
-            if let Some(l) = self.by_addr.get(gw).and_then(|k| self.slab.get_mut(*k)) {
-                let _ = l.link.flush();
+            if let Some(l) = self.by_addr_mut(*gw).filter(|l| l.connected && !l.conn.out.is_empty()) {
+                let _ = l.conn.flush();
             }
         }
     }

@@ -5,10 +5,12 @@
 //! sent to it, flushes and exits.
 
 mod links;
+#[cfg(test)]
+mod tests;
 
 use std::collections::{HashMap, HashSet};
 use std::io;
-use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::net::{Ipv4Addr, SocketAddrV4};
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::time::{Duration, Instant};
 
@@ -20,9 +22,10 @@ use crate::api::context::{Context, Current, TimerRequest, WorkerInfo, WorkerTran
 use crate::api::transport::{LocalGateways, Pkt, QueryPool};
 use crate::api::{Events, Value};
 use crate::config::Config;
+use crate::net::conn::ReadEnd;
 use crate::reactor::{Ctx, Reactor, Ready, Service, TimerId};
+use crate::register::links::RegisterLinks;
 use crate::stats::{Slot, State, Stats};
-use crate::wire::link::{Link, ReadEnd, Target};
 use crate::wire::packet::{self, Packet, cmd, flag};
 use crate::wire::{crc32, php, register as lines};
 
@@ -47,82 +50,82 @@ pub enum Timer {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Stop {
     No,
-    /// Waiting for every gateway to acknowledge the drain.
-    Draining,
+    /// Since this instant, waiting for every gateway to acknowledge the drain.
+    Draining(Instant),
     Now,
 }
 
+/// The gateways the registers announced.
+#[derive(Default)]
+struct Known {
+    gateways: Vec<SocketAddrV4>,
+    /// The registers answered at least once.
+    answered: bool,
+    /// Gateways waiting for their redial timer.
+    retrying: HashSet<SocketAddrV4>,
+}
+
+/// Timers the application asked for: requested during a callback, armed after it.
+#[derive(Default)]
+struct UserTimers {
+    requests: Vec<TimerRequest>,
+    next_id: u64,
+    armed: HashMap<u64, TimerId>,
+}
+
+impl UserTimers {
+    fn arm(&mut self, cx: &mut Ctx<'_, Timer>) {
+        for req in std::mem::take(&mut self.requests) {
+            match req {
+                TimerRequest::Add { id, after, repeat } => {
+                    let t = cx.after(after, Timer::User { id, repeat: repeat.then_some(after) });
+                    self.armed.insert(id, t);
+                }
+                TimerRequest::Del { id } => {
+                    if let Some(t) = self.armed.remove(&id) {
+                        cx.timers.cancel(t);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Timer `id` fired: arm it again when it repeats.
+    fn fired(&mut self, cx: &mut Ctx<'_, Timer>, id: u64, repeat: Option<Duration>) {
+        self.armed.remove(&id);
+        if let Some(every) = repeat {
+            let t = cx.after(every, Timer::User { id, repeat });
+            self.armed.insert(id, t);
+        }
+    }
+}
+
+/// A business worker process: its links, the application and its timers.
 pub struct Worker {
     name: String,
     id: u16,
     app: Box<dyn Events>,
-    registers: Vec<Link>,
-    register_line: Vec<u8>,
-    /// Gateways announced by the registers.
-    known: Vec<SocketAddrV4>,
-    /// The registers answered at least once.
-    have_list: bool,
+    registers: RegisterLinks,
+    known: Known,
     links: GatewayLinks,
-    retrying: HashSet<SocketAddrV4>,
     pool: QueryPool,
     /// crc32 of the last session this worker wrote, per client (GatewayWorker's staleness guard).
     versions: HashMap<ClientId, u32>,
-    timer_requests: Vec<TimerRequest>,
-    next_timer: u64,
-    user_timers: HashMap<u64, TimerId>,
+    timers: UserTimers,
     stats: Stats,
     stop: Stop,
-    drain_started: Option<Instant>,
     stopped_app: bool,
     run_dir: std::path::PathBuf,
 }
 
 /// Entry point of a business worker process.
 pub fn run(cfg: &Config, id: u16, app: Box<dyn Events>, stats: Stats) -> io::Result<()> {
-    let w = cfg.worker.as_ref().ok_or_else(|| io::Error::other("no [worker] section"))?;
     let mut reactor = Reactor::new()?;
     reactor.watch_signals(&crate::master::CHILD_SIGNALS)?;
-    let local = LocalGateways { lan_ip: cfg.advertise_ip, run_dir: cfg.run_dir.clone() };
-    // GatewayWorker's key is `name:id`; a reload replacement runs next to the worker it
-    // replaces, so it gets a key of its own (a gateway evicts the older of two equal keys).
-    let generation: u64 = std::env::var("GW_GENERATION").ok().and_then(|g| g.parse().ok()).unwrap_or(0);
-    let worker_key =
-        if generation == 0 { format!("{}:{id}", w.name) } else { format!("{}:{id}-r{generation}", w.name) };
-    let mut worker = Worker {
-        name: w.name.clone(),
-        id,
-        app,
-        registers: cfg
-            .register_address
-            .iter()
-            .enumerate()
-            .map(|(i, a)| Link::new(Target::Tcp(SocketAddr::V4(*a)), Token(REGISTER_BASE + i)))
-            .collect(),
-        register_line: lines::worker_connect(&cfg.secret_key),
-        known: Vec::new(),
-        have_list: false,
-        links: GatewayLinks::new(
-            local.clone(),
-            lines::worker_connect_body(&worker_key, &cfg.secret_key),
-            LINK_BASE,
-        ),
-        retrying: HashSet::new(),
-        pool: QueryPool::new(&cfg.secret_key, w.query_timeout, Some(local)),
-        versions: HashMap::new(),
-        timer_requests: Vec::new(),
-        next_timer: 0,
-        user_timers: HashMap::new(),
-        stats,
-        stop: Stop::No,
-        drain_started: None,
-        stopped_app: false,
-        run_dir: cfg.run_dir.clone(),
-    };
+    let mut worker = Worker::new(cfg, id, app, stats)?;
     {
         let mut cx = reactor.ctx();
-        for i in 0..worker.registers.len() {
-            worker.dial_register(&mut cx, i);
-        }
+        worker.registers.dial_all(&mut cx, Timer::RegisterRetry);
         cx.after(Duration::from_secs(1), Timer::Tick);
         if cfg.register_address.iter().any(|a| !a.ip().is_loopback()) {
             cx.after(KEEPALIVE, Timer::KeepAlive);
@@ -134,6 +137,40 @@ pub fn run(cfg: &Config, id: u16, app: Box<dyn Events>, stats: Stats) -> io::Res
 }
 
 impl Worker {
+    fn new(cfg: &Config, id: u16, app: Box<dyn Events>, stats: Stats) -> io::Result<Worker> {
+        let w = cfg.worker.as_ref().ok_or_else(|| io::Error::other("no [worker] section"))?;
+        let local = LocalGateways { lan_ip: cfg.advertise_ip, run_dir: cfg.run_dir.clone() };
+        // GatewayWorker's key is `name:id`; a reload replacement runs next to the worker it
+        // replaces, so it gets a key of its own (a gateway evicts the older of two equal keys).
+        let generation: u64 = std::env::var("GW_GENERATION").ok().and_then(|g| g.parse().ok()).unwrap_or(0);
+        let worker_key = if generation == 0 {
+            format!("{}:{id}", w.name)
+        } else {
+            format!("{}:{id}-r{generation}", w.name)
+        };
+        let connect_body = lines::worker_connect_body(&worker_key, &cfg.secret_key);
+        Ok(Worker {
+            name: w.name.clone(),
+            id,
+            app,
+            registers: RegisterLinks::new(
+                &cfg.register_address,
+                REGISTER_BASE,
+                lines::worker_connect(&cfg.secret_key),
+                "business worker",
+            ),
+            known: Known::default(),
+            links: GatewayLinks::new(local.clone(), connect_body, LINK_BASE),
+            pool: QueryPool::new(&cfg.secret_key, w.query_timeout, Some(local)),
+            versions: HashMap::new(),
+            timers: UserTimers::default(),
+            stats,
+            stop: Stop::No,
+            stopped_app: false,
+            run_dir: cfg.run_dir.clone(),
+        })
+    }
+
     /// Run `f` with a `Context` (current client `current`), then save a changed session
     /// and arm the timers it asked for. A panic in application code is logged and the
     /// worker goes on with the next event.
@@ -146,8 +183,8 @@ impl Worker {
         let info = WorkerInfo {
             name: &self.name,
             id: self.id,
-            timers: &mut self.timer_requests,
-            next_timer: &mut self.next_timer,
+            timers: &mut self.timers.requests,
+            next_timer: &mut self.timers.next_id,
         };
         let transport = WorkerTransport { links: &mut self.links, pool: &mut self.pool };
         let mut ctx = Context::new(transport, current, info);
@@ -162,80 +199,35 @@ impl Worker {
             Slot::bump(&self.stats.slot().bad_input);
         }
         let current = ctx.into_current();
-        self.arm_timers(cx);
+        self.timers.arm(cx);
         current
-    }
-
-    fn arm_timers(&mut self, cx: &mut Ctx<'_, Timer>) {
-        for req in std::mem::take(&mut self.timer_requests) {
-            match req {
-                TimerRequest::Add { id, after, repeat } => {
-                    let t = cx.after(after, Timer::User { id, repeat: repeat.then_some(after) });
-                    self.user_timers.insert(id, t);
-                }
-                TimerRequest::Del { id } => {
-                    if let Some(t) = self.user_timers.remove(&id) {
-                        cx.timers.cancel(t);
-                    }
-                }
-            }
-        }
     }
 
     // ----- registers ---------------------------------------------------------------------
 
     fn dial_register(&mut self, cx: &mut Ctx<'_, Timer>, i: usize) {
-        if self.stop != Stop::No {
-            return;
-        }
-        let link = &mut self.registers[i];
-        link.out.clear();
-        link.out.extend(&self.register_line);
-        if let Err(e) = link.dial(cx.registry) {
-            warn!("business worker: cannot reach register {}: {e}; retrying in 1 s", link.target);
-            link.close(cx.registry);
-            cx.after(Duration::from_secs(1), Timer::RegisterRetry(i));
+        if self.stop == Stop::No {
+            self.registers.dial(cx, i, Timer::RegisterRetry);
         }
     }
 
     fn on_register_ready(&mut self, cx: &mut Ctx<'_, Timer>, i: usize, ready: Ready) {
-        let link = &mut self.registers[i];
-        let res = link.on_ready(ready).and_then(|_| {
-            let end = link.read(1 << 20)?;
-            link.flush()?;
-            Ok(end)
-        });
-        let mut lists = Vec::new();
-        while let Some(pos) = link.inbuf.data().iter().position(|&b| b == b'\n') {
-            if let Some(list) = lines::parse_broadcast(link.inbuf.data()[..pos].trim_ascii_end()) {
-                lists.push(list);
+        for line in self.registers.on_ready(cx, i, ready, Timer::RegisterRetry) {
+            if let Some(list) = lines::parse_broadcast(&line) {
+                self.on_addresses(cx, list);
             }
-            link.inbuf.consume(pos + 1);
-        }
-        let closed = !matches!(res, Ok(ReadEnd::Drained) | Ok(ReadEnd::Full));
-        if closed {
-            let why = match res {
-                Err(e) => e.to_string(),
-                _ => "closed by the register".into(),
-            };
-            warn!("business worker: register link {} lost ({why}); reconnecting in 1 s", link.target);
-            link.close(cx.registry);
-            cx.after(Duration::from_secs(1), Timer::RegisterRetry(i));
-        }
-        for list in lists {
-            self.on_addresses(cx, list);
         }
     }
 
     /// The register sent the gateway list: dial every gateway we are not linked to.
     fn on_addresses(&mut self, cx: &mut Ctx<'_, Timer>, list: Vec<String>) {
-        self.known = list.iter().filter_map(|a| a.parse().ok()).collect();
-        self.have_list = true;
+        self.known.gateways = list.iter().filter_map(|a| a.parse().ok()).collect();
+        self.known.answered = true;
         if self.stop != Stop::No {
             return;
         }
-        for gw in self.known.clone() {
-            if !self.links.has(gw) && !self.retrying.contains(&gw) {
+        for gw in self.known.gateways.clone() {
+            if !self.links.has(gw) && !self.known.retrying.contains(&gw) {
                 self.dial_gateway(cx, gw);
             }
         }
@@ -245,7 +237,7 @@ impl Worker {
     fn dial_gateway(&mut self, cx: &mut Ctx<'_, Timer>, gw: SocketAddrV4) {
         if let Err(e) = self.links.dial(cx.registry, gw) {
             warn!("business worker: cannot link to gateway {gw}: {e}; retrying in 1 s");
-            self.retrying.insert(gw);
+            self.known.retrying.insert(gw);
             cx.after(Duration::from_secs(1), Timer::GatewayRetry(gw));
         }
     }
@@ -255,9 +247,9 @@ impl Worker {
         if self.stop != Stop::No {
             return;
         }
-        let all = self.have_list
-            && !self.known.is_empty()
-            && self.known.iter().all(|g| self.links.is_connected(*g));
+        let known = &self.known.gateways;
+        let all =
+            self.known.answered && !known.is_empty() && known.iter().all(|g| self.links.is_connected(*g));
         self.stats.slot().set_state(if all { State::Ready } else { State::Starting });
     }
 
@@ -293,9 +285,9 @@ impl Worker {
 
     fn link_lost(&mut self, cx: &mut Ctx<'_, Timer>, key: usize, why: &str) {
         let Some(gw) = self.links.remove(cx.registry, key) else { return };
-        if self.stop == Stop::No && self.known.contains(&gw) {
+        if self.stop == Stop::No && self.known.gateways.contains(&gw) {
             warn!("business worker: link to gateway {gw} lost ({why}); redialling in 1 s");
-            self.retrying.insert(gw);
+            self.known.retrying.insert(gw);
             cx.after(Duration::from_secs(1), Timer::GatewayRetry(gw));
         } else {
             info!("business worker: link to gateway {gw} closed ({why})");
@@ -395,12 +387,9 @@ impl Worker {
         if self.stop != Stop::No {
             return;
         }
-        self.stop = Stop::Draining;
-        self.drain_started = Some(Instant::now());
+        self.stop = Stop::Draining(Instant::now());
         self.stats.slot().set_state(State::Draining);
-        for link in &mut self.registers {
-            link.close(cx.registry);
-        }
+        self.registers.close_all(cx.registry);
         let n = self.links.request_drain();
         info!("business worker {}[{}]: draining ({n} gateway links)", self.name, self.id);
     }
@@ -419,13 +408,11 @@ impl Service for Worker {
     type Timer = Timer;
 
     fn on_ready(&mut self, cx: &mut Ctx<'_, Timer>, token: Token, ready: Ready) {
-        let t = token.0;
-        if (REGISTER_BASE..LINK_BASE).contains(&t) {
-            if t - REGISTER_BASE < self.registers.len() {
-                self.on_register_ready(cx, t - REGISTER_BASE, ready);
-            }
-        } else if t >= LINK_BASE {
-            self.on_link_ready(cx, t - LINK_BASE, ready);
+        match token {
+            Token(t) if t >= LINK_BASE => self.on_link_ready(cx, t - LINK_BASE, ready),
+            // An index past the last register is ignored there.
+            Token(t) if t >= REGISTER_BASE => self.on_register_ready(cx, t - REGISTER_BASE, ready),
+            Token(_) => {}
         }
     }
 
@@ -434,33 +421,23 @@ impl Service for Worker {
             Timer::Tick => {
                 let slot = self.stats.slot();
                 slot.tick();
-                let regs = self.registers.iter().filter(|l| l.is_connected()).count();
-                Slot::set(&slot.connections, (self.links.connected() + regs) as u64);
+                Slot::set(&slot.connections, (self.links.connected() + self.registers.connected()) as u64);
                 Slot::set(&slot.timers, cx.timers.len() as u64 + 1);
                 cx.after(Duration::from_secs(1), Timer::Tick);
             }
             Timer::RegisterRetry(i) => self.dial_register(cx, i),
             Timer::GatewayRetry(gw) => {
-                self.retrying.remove(&gw);
-                if self.stop == Stop::No && self.known.contains(&gw) && !self.links.has(gw) {
+                self.known.retrying.remove(&gw);
+                if self.stop == Stop::No && self.known.gateways.contains(&gw) && !self.links.has(gw) {
                     self.dial_gateway(cx, gw);
                 }
             }
             Timer::KeepAlive => {
-                for link in &mut self.registers {
-                    if link.is_connected() {
-                        link.out.extend(lines::PING);
-                        let _ = link.flush();
-                    }
-                }
+                self.registers.keepalive();
                 cx.after(KEEPALIVE, Timer::KeepAlive);
             }
             Timer::User { id, repeat } => {
-                self.user_timers.remove(&id);
-                if let Some(every) = repeat {
-                    let t = cx.after(every, Timer::User { id, repeat });
-                    self.user_timers.insert(id, t);
-                }
+                self.timers.fired(cx, id, repeat);
                 self.with_context(cx, None, |app, ctx| app.on_timer(ctx, id));
             }
         }
@@ -471,7 +448,7 @@ impl Service for Worker {
             self.begin_drain(cx);
         } else if signal == libc::SIGIO {
             let mut list = self.links.conn_infos();
-            list.extend(self.registers.iter().enumerate().map(|(i, l)| l.conn_info(1000 + i as u64)));
+            list.extend(self.registers.conn_infos(1000));
             if let Err(e) = crate::stats::conns::dump(&self.run_dir, &self.name, &list) {
                 warn!("business worker: cannot write the connection list: {e}");
             }
@@ -481,16 +458,17 @@ impl Service for Worker {
     }
 
     fn end_of_turn(&mut self, cx: &mut Ctx<'_, Timer>) -> bool {
-        if let Err(e) = self.links.flush_dirty() {
-            warn!("business worker: {e}");
-        }
-        for key in self.links.take_broken() {
+        for key in self.links.flush_dirty() {
             self.link_lost(cx, key, "write failed");
         }
-        let regs = self.registers.iter().filter(|l| l.is_connected()).count();
-        Slot::set(&self.stats.slot().connections, (self.links.connected() + regs) as u64);
-        if self.stop == Stop::Draining && self.links.all_acked() {
-            let took = self.drain_started.map(|t| t.elapsed()).unwrap_or_default();
+        Slot::set(
+            &self.stats.slot().connections,
+            (self.links.connected() + self.registers.connected()) as u64,
+        );
+        if let Stop::Draining(since) = self.stop
+            && self.links.all_acked()
+        {
+            let took = since.elapsed();
             info!("business worker {}[{}]: drained in {took:?}", self.name, self.id);
             self.finish(cx);
         }

@@ -10,7 +10,7 @@ fn pair(proto: Proto) -> (Client, std::os::unix::net::UnixStream) {
     let (a, b) = std::os::unix::net::UnixStream::pair().unwrap();
     a.set_nonblocking(true).unwrap();
     let mut c = Client::new(1, Io::Unix(mio::net::UnixStream::from_std(a)), proto, 0x7f000001, 4000, 0);
-    c.ready = Ready::READABLE | Ready::WRITABLE;
+    c.conn.ready = Ready::READABLE | Ready::WRITABLE;
     (c, b)
 }
 
@@ -21,7 +21,7 @@ fn drain(c: &mut Client) -> (Vec<(Vec<u8>, bool)>, Vec<Inbound>) {
     let mut msgs = Vec::new();
     let mut other = Vec::new();
     let mut rx = Rx::default();
-    c.ready.insert(Ready::READABLE);
+    c.conn.ready.insert(Ready::READABLE);
     loop {
         match c.next(&mut rx, &mut scratch, 1024, &cfg) {
             Inbound::Message { binary } => msgs.push((scratch.clone(), binary)),
@@ -66,7 +66,7 @@ fn text_lines_split_across_reads() {
     let (mut c, mut peer) = pair(Proto::Text);
     peer.write_all(b"hel").unwrap();
     assert!(drain(&mut c).0.is_empty(), "half a line is not a message");
-    assert!(!c.ready.contains(Ready::READABLE), "WouldBlock clears the ready bit");
+    assert!(!c.conn.ready.contains(Ready::READABLE), "WouldBlock clears the ready bit");
     peer.write_all(b"lo\r\nwor").unwrap();
     assert_eq!(drain(&mut c).0, vec![(b"hello".to_vec(), false)]);
     peer.write_all(b"ld\n\n").unwrap();
@@ -110,13 +110,19 @@ fn websocket_messages_before_the_handshake_follow_the_101() {
     assert_eq!(&got[head_end..], b"\x81\x05early");
 }
 
-#[test]
-fn websocket_binary_ping_and_close() {
+/// A websocket client past its handshake, the 101 read by the peer.
+fn upgraded() -> (Client, std::os::unix::net::UnixStream) {
     let (mut c, mut peer) = pair(Proto::WebSocket);
     peer.write_all(HANDSHAKE).unwrap();
     drain(&mut c);
     c.flush().unwrap();
     peer_read(&mut peer);
+    (c, peer)
+}
+
+#[test]
+fn websocket_binary_ping_and_close() {
+    let (mut c, mut peer) = upgraded();
     let mut frames = masked(2, &[0, 1, 255]);
     frames.extend(masked(9, b"pp"));
     peer.write_all(&frames).unwrap();
@@ -133,11 +139,7 @@ fn websocket_binary_ping_and_close() {
 
 #[test]
 fn websocket_protocol_errors_queue_a_close_frame() {
-    let (mut c, mut peer) = pair(Proto::WebSocket);
-    peer.write_all(HANDSHAKE).unwrap();
-    drain(&mut c);
-    c.flush().unwrap();
-    peer_read(&mut peer);
+    let (mut c, mut peer) = upgraded();
     peer.write_all(&[0x81, 0x02, b'n', b'o']).unwrap(); // unmasked
     assert!(matches!(drain(&mut c).1.as_slice(), [Inbound::Closed(Closed::Bad(..))]));
     c.flush().unwrap();
@@ -156,12 +158,12 @@ fn blocked_writes_keep_order_and_respect_the_limit() {
             Err(SendError::BufferFull) => break,
             Err(e) => panic!("{e:?}"),
         }
-        if !c.flush().unwrap() && c.queued() >= 256 * 1024 {
+        if !c.flush().unwrap() && c.conn.out.len() >= 256 * 1024 {
             continue;
         }
     }
-    assert!(!c.ready.contains(Ready::WRITABLE), "a blocked write clears the ready bit");
-    assert!(c.queued() >= 256 * 1024);
+    assert!(!c.conn.ready.contains(Ready::WRITABLE), "a blocked write clears the ready bit");
+    assert!(c.conn.out.len() >= 256 * 1024);
     // The peer reads; we flush until everything is out.
     let mut got = Vec::new();
     peer.set_nonblocking(true).unwrap();
@@ -170,7 +172,7 @@ fn blocked_writes_keep_order_and_respect_the_limit() {
         match peer.read(&mut buf) {
             Ok(n) => got.extend_from_slice(&buf[..n]),
             Err(_) => {
-                c.ready.insert(Ready::WRITABLE);
+                c.conn.ready.insert(Ready::WRITABLE);
                 c.flush().unwrap();
             }
         }
@@ -220,7 +222,7 @@ fn leftover_bytes_move_from_the_shared_buffer_to_the_client() {
     frames.extend(masked(1, b"b"));
     frames.extend(masked(2, b"c"));
     wpeer.write_all(&frames).unwrap();
-    w.ready.insert(Ready::READABLE);
+    w.conn.ready.insert(Ready::READABLE);
     assert!(matches!(w.next(&mut rx, &mut msg, 1024, &cfg), Inbound::Message { binary: false }));
     assert_eq!(msg, b"a");
     w.stash(&mut rx);

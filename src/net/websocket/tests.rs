@@ -1,5 +1,4 @@
 use super::*;
-use crate::wire::php;
 
 const SAMPLE: &str = "GET /chat?token=abc&x[]=1&x[]=2&name=J%C3%BCrgen&empty= HTTP/1.1\r\nHost: 127.0.0.1:14272\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\nOrigin: http://example.com\r\nUser-Agent: compat-test/1\r\nCookie: sid=s1; theme=dark; enc=a%20b\r\nX-Custom-Header: v1\r\n\r\n";
 
@@ -66,26 +65,6 @@ fn the_size_limit_does_not_depend_on_how_the_request_arrives() {
         assert!(matches!(handshake(&over[..MAX_REQUEST]), Handshake::Rejected { response: BAD_REQUEST, .. }));
         assert!(matches!(handshake(&over), Handshake::Rejected { response: BAD_REQUEST, .. }));
     }
-}
-
-#[test]
-fn connect_data_matches_gatewayworker_bytes() {
-    // Body of the captured CMD_ON_WEBSOCKET_CONNECT for this request (client port 46942).
-    let expected = r#"a:3:{s:3:"get";a:4:{s:5:"token";s:3:"abc";s:1:"x";a:2:{i:0;s:1:"1";i:1;s:1:"2";}s:4:"name";s:7:"Jürgen";s:5:"empty";s:0:"";}s:6:"server";a:18:{s:12:"QUERY_STRING";s:45:"token=abc&x[]=1&x[]=2&name=J%C3%BCrgen&empty=";s:14:"REQUEST_METHOD";s:3:"GET";s:11:"REQUEST_URI";s:51:"/chat?token=abc&x[]=1&x[]=2&name=J%C3%BCrgen&empty=";s:15:"SERVER_PROTOCOL";s:8:"HTTP/1.1";s:11:"SERVER_NAME";s:15:"127.0.0.1:14272";s:12:"CONTENT_TYPE";N;s:11:"REMOTE_ADDR";s:9:"127.0.0.1";s:11:"REMOTE_PORT";i:46942;s:11:"SERVER_PORT";i:14272;s:9:"HTTP_HOST";s:15:"127.0.0.1:14272";s:12:"HTTP_UPGRADE";s:9:"websocket";s:15:"HTTP_CONNECTION";s:7:"Upgrade";s:22:"HTTP_SEC_WEBSOCKET_KEY";s:24:"dGhlIHNhbXBsZSBub25jZQ==";s:26:"HTTP_SEC_WEBSOCKET_VERSION";s:2:"13";s:11:"HTTP_ORIGIN";s:18:"http://example.com";s:15:"HTTP_USER_AGENT";s:13:"compat-test/1";s:11:"HTTP_COOKIE";s:29:"sid=s1; theme=dark; enc=a%20b";s:20:"HTTP_X_CUSTOM_HEADER";s:2:"v1";}s:6:"cookie";a:3:{s:3:"sid";s:2:"s1";s:5:"theme";s:4:"dark";s:3:"enc";s:5:"a%20b";}}"#;
-    let Handshake::Accepted { request, .. } = handshake(SAMPLE.as_bytes()) else { panic!() };
-    let data = connect_data(&request, "127.0.0.1", 46942, 14272);
-    assert_eq!(String::from_utf8(php::serialize(&data)).unwrap(), expected);
-}
-
-#[test]
-fn parse_str_follows_php() {
-    let a = parse_str(b"a=1&b[]=x&b[]=y&c[k]=v&d+e=%41&f&a.b=2&n[x][]=1");
-    let s = String::from_utf8(php::serialize_array(&a)).unwrap();
-    assert_eq!(
-        s,
-        r#"a:7:{s:1:"a";s:1:"1";s:1:"b";a:2:{i:0;s:1:"x";i:1;s:1:"y";}s:1:"c";a:1:{s:1:"k";s:1:"v";}s:3:"d_e";s:1:"A";s:1:"f";s:0:"";s:3:"a_b";s:1:"2";s:1:"n";a:1:{s:1:"x";a:1:{i:0;s:1:"1";}}}"#
-    );
-    assert_eq!(url_decode(b"%zz%4"), b"%zz%4");
 }
 
 #[test]

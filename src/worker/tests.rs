@@ -1,0 +1,178 @@
+//! The worker's dispatch of gateway packets to the application, driven directly: packets
+//! decoded from bytes, a recording application, a real link to a listening socket where a
+//! changed session must arrive.
+
+use std::io::Read;
+use std::net::{SocketAddr, TcpListener};
+use std::sync::{Arc, Mutex};
+
+use super::*;
+use crate::api::Context;
+use crate::config::{Proto, WorkerConf};
+use crate::wire::php::{Array, Key};
+
+/// What the application saw: (callback, connection id, detail).
+type Seen = Arc<Mutex<Vec<(&'static str, u32, Vec<u8>)>>>;
+
+struct Recorder(Seen);
+
+impl Recorder {
+    fn note(&self, what: &'static str, id: ClientId, detail: &[u8]) {
+        self.0.lock().unwrap().push((what, id.connection_id, detail.to_vec()));
+    }
+}
+
+impl Events for Recorder {
+    fn on_connect(&mut self, ctx: &mut Context<'_>, id: ClientId) {
+        let remote = ctx.remote_addr().map(|a| a.to_string()).unwrap_or_default();
+        self.note("connect", id, remote.as_bytes());
+    }
+
+    fn on_websocket_connect(&mut self, _ctx: &mut Context<'_>, id: ClientId, data: &Value) {
+        self.note("websocket", id, &php::serialize(data));
+    }
+
+    fn on_message(&mut self, ctx: &mut Context<'_>, id: ClientId, message: &[u8]) {
+        match message {
+            b"panic" => panic!("application bug"),
+            b"remember" => {
+                let session = ctx.session().unwrap();
+                session.insert(Key::from_text("seen"), Value::Int(1));
+            }
+            _ => {}
+        }
+        let session = ctx.session().map(|s| php::serialize_array(s)).unwrap_or_default();
+        self.note("message", id, &[message, b"|", &session].concat());
+    }
+
+    fn on_close(&mut self, _ctx: &mut Context<'_>, id: ClientId) {
+        self.note("close", id, b"");
+    }
+}
+
+/// A worker running `Recorder`, its reactor (for the context), and what it records.
+fn worker() -> (Worker, Reactor<Timer>, Seen) {
+    let dir = std::env::temp_dir().join(format!("worker-dispatch-{}", std::process::id()));
+    let mut cfg = crate::gateway::tests::config(Proto::Text, &dir, |_| {});
+    cfg.worker = Some(WorkerConf {
+        name: "TestWorker".into(),
+        count: 1,
+        app: "test".into(),
+        send_to_gateway_buffer_size: 1 << 20,
+        query_timeout: Duration::from_secs(1),
+        binary_passthrough: false,
+    });
+    let seen = Seen::default();
+    let w = Worker::new(&cfg, 0, Box::new(Recorder(seen.clone())), Stats::private().unwrap()).unwrap();
+    (w, Reactor::new().unwrap(), seen)
+}
+
+/// An event from gateway 127.0.0.1:`port` for connection `id`, client 10.0.0.9:4567, with
+/// a scalar body.
+fn event(command: u8, port: u16, id: u32, ext: &[u8], body: &[u8]) -> Vec<u8> {
+    event_flagged(command, port, id, flag::BODY_IS_SCALAR, ext, body)
+}
+
+fn event_flagged(command: u8, port: u16, id: u32, flags: u8, ext: &[u8], body: &[u8]) -> Vec<u8> {
+    let header = packet::Header {
+        cmd: command,
+        local_ip: u32::from(Ipv4Addr::LOCALHOST),
+        local_port: port,
+        client_ip: u32::from(Ipv4Addr::new(10, 0, 0, 9)),
+        client_port: 4567,
+        connection_id: id,
+        flag: flags,
+        gateway_port: 8282,
+    };
+    let mut v = Vec::new();
+    packet::encode(&mut v, &header, ext, body);
+    v
+}
+
+/// A link from `w` to a listening "gateway": the accepted socket, its address, the link key.
+fn linked(w: &mut Worker, r: &mut Reactor<Timer>) -> (std::net::TcpStream, SocketAddrV4, usize) {
+    let gateway = TcpListener::bind("127.0.0.1:0").unwrap();
+    let SocketAddr::V4(addr) = gateway.local_addr().unwrap() else { unreachable!() };
+    let key = w.links.dial(r.ctx().registry, addr).unwrap();
+    let (peer, _) = gateway.accept().unwrap();
+    // The connect finished (accepted): the next readiness makes the link usable.
+    assert!(w.links.on_ready(key, Ready::WRITABLE).unwrap());
+    (peer, addr, key)
+}
+
+fn dispatch(w: &mut Worker, reactor: &mut Reactor<Timer>, bytes: &[u8]) {
+    let (p, _) = packet::decode(bytes, MAX_PACKET).unwrap().unwrap();
+    w.dispatch(&mut reactor.ctx(), 0, &p);
+}
+
+#[test]
+fn client_events_reach_their_callbacks_with_address_and_session() {
+    let (mut w, mut r, seen) = worker();
+    dispatch(&mut w, &mut r, &event(cmd::ON_CONNECT, 7000, 5, b"", b""));
+    dispatch(&mut w, &mut r, &event(cmd::ON_MESSAGE, 7000, 5, b"a:1:{s:1:\"k\";i:2;}", b"hello"));
+    // The handshake data is a serialized array (no scalar flag).
+    let ws = event_flagged(cmd::ON_WEBSOCKET_CONNECT, 7000, 5, 0, b"", b"a:1:{s:3:\"get\";a:0:{}}");
+    dispatch(&mut w, &mut r, &ws);
+    dispatch(&mut w, &mut r, &event(cmd::ON_CLOSE, 7000, 5, b"", b""));
+    let seen = seen.lock().unwrap();
+    let expected: Vec<(&str, u32, &[u8])> = vec![
+        ("connect", 5, b"10.0.0.9:4567"),
+        ("message", 5, b"hello|a:1:{s:1:\"k\";i:2;}"),
+        ("websocket", 5, b"a:1:{s:3:\"get\";a:0:{}}"),
+        ("close", 5, b""),
+    ];
+    let got: Vec<(&str, u32, &[u8])> = seen.iter().map(|(a, b, c)| (*a, *b, c.as_slice())).collect();
+    assert_eq!(got, expected);
+}
+
+#[test]
+fn a_panicking_callback_is_counted_and_the_next_event_runs() {
+    let (mut w, mut r, seen) = worker();
+    dispatch(&mut w, &mut r, &event(cmd::ON_MESSAGE, 7000, 1, b"", b"panic"));
+    dispatch(&mut w, &mut r, &event(cmd::ON_MESSAGE, 7000, 1, b"", b"after"));
+    assert_eq!(Slot::get(&w.stats.slot().bad_input), 1);
+    assert_eq!(seen.lock().unwrap().len(), 1, "the panicking call recorded nothing, the next did");
+}
+
+#[test]
+fn a_changed_session_is_written_back_to_its_gateway() {
+    let (mut w, mut r, _) = worker();
+    let (mut peer, addr, _) = linked(&mut w, &mut r);
+    dispatch(&mut w, &mut r, &event(cmd::ON_MESSAGE, addr.port(), 3, b"", b"remember"));
+    assert!(w.links.flush_dirty().is_empty());
+    peer.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut got = Vec::new();
+    let mut packets = Vec::new();
+    while packets.len() < 2 {
+        let mut chunk = [0u8; 4096];
+        let n = peer.read(&mut chunk).unwrap();
+        assert!(n > 0, "link closed");
+        got.extend_from_slice(&chunk[..n]);
+        packets.clear();
+        let mut rest = &got[..];
+        while let Ok(Some((p, used))) = packet::decode(rest, MAX_PACKET) {
+            packets.push((p.header.cmd, p.header.connection_id, p.ext.to_vec()));
+            rest = &rest[used..];
+        }
+    }
+    assert_eq!(packets[0].0, cmd::WORKER_CONNECT);
+    assert_eq!(packets[1], (cmd::SET_SESSION, 3, b"a:1:{s:4:\"seen\";i:1;}".to_vec()));
+    let mut arr = Array::new();
+    arr.insert(Key::from_text("seen"), Value::Int(1));
+    assert_eq!(
+        w.versions.get(&ClientId::new(u32::from(Ipv4Addr::LOCALHOST), addr.port(), 3)),
+        Some(&crc32(&php::serialize_array(&arr)))
+    );
+}
+
+#[test]
+fn a_drain_acknowledgement_marks_its_link() {
+    let (mut w, mut r, _) = worker();
+    let (_peer, addr, key) = linked(&mut w, &mut r);
+    assert_eq!(w.links.request_drain(), 1);
+    assert!(!w.links.all_acked());
+    let ack = event(cmd::WORKER_DRAIN, addr.port(), 0, b"", b"");
+    let (p, _) = packet::decode(&ack, MAX_PACKET).unwrap().unwrap();
+    w.dispatch(&mut r.ctx(), key, &p);
+    assert!(w.links.all_acked());
+}
