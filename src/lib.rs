@@ -11,6 +11,8 @@ pub mod cli;
 pub mod config;
 /// Gateway processes: client connections, routing, sessions, uid/group tables, commands.
 pub mod gateway;
+/// The HTTP listener: server API, Prometheus metrics, health probes, live dashboard.
+pub mod http;
 /// The master process: listeners, spawning, respawning, reload.
 pub mod master;
 /// Sockets: listeners, the plain/TLS stream, client protocols (text, frame, websocket).

@@ -175,7 +175,8 @@ fn shipped_on_free_ports(name: &str, reg: u16, client: u16, inner: u16) -> Strin
     let moved = text
         .replace(":1236\"", &format!(":{reg}\""))
         .replace(":7272\"", &format!(":{client}\""))
-        .replace("start_port = 2300", &format!("start_port = {inner}"));
+        .replace("start_port = 2300", &format!("start_port = {inner}"))
+        .replace(":7280\"", &format!(":{}\"", free_port()));
     for port in [reg, client, inner] {
         assert!(moved.contains(&port.to_string()), "conf/{name}.toml: port {port} not placed:\n{moved}");
     }
@@ -196,11 +197,13 @@ fn single_machine_confs_face_the_network_only_on_client_ports() {
         let conf = shipped_on_free_ports(name, reg, client, free_range(4));
         let mut run = Run::spawn(name, &conf);
         let (gateways, workers) = counts(&conf);
-        run.wait_ready(1 + gateways + workers);
+        // The [http] listener (on in dev.toml) is one more process and one more (loopback) port.
+        let http = usize::from(conf.contains("\n[http]"));
+        run.wait_ready(1 + gateways + workers + http);
         let addrs = listening(run.master.id());
         let ports: HashSet<u16> = addrs.iter().map(SocketAddr::port).collect();
         // Register, client port and every inner port seen: the scan sees what it checks.
-        assert_eq!(ports.len(), 2 + gateways, "conf/{name}.toml: {addrs:?}");
+        assert_eq!(ports.len(), 2 + gateways + http, "conf/{name}.toml: {addrs:?}");
         assert!(ports.contains(&reg) && ports.contains(&client), "conf/{name}.toml: {addrs:?}");
         let exposed: Vec<_> = addrs.iter().filter(|a| !a.ip().to_canonical().is_loopback()).collect();
         assert!(exposed.iter().all(|a| a.port() == client), "conf/{name}.toml exposes {exposed:?}");

@@ -143,9 +143,21 @@ impl Conn {
 }
 
 /// Largest reply accepted from a gateway.
-const MAX_REPLY: usize = 256 << 20;
+pub(crate) const MAX_REPLY: usize = 256 << 20;
 /// Connect timeout of a side connection (GatewayWorker `$connectTimeout`).
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// The `CMD_GATEWAY_CLIENT_CONNECT` packet a gateway expects first on a GatewayClient
+/// connection when a secret is set (empty without one).
+pub fn auth_packet(secret: &str) -> Vec<u8> {
+    let mut v = Vec::new();
+    if !secret.is_empty() {
+        let body = gateway_client_connect_body(secret);
+        let header = Header::command(cmd::GATEWAY_CLIENT_CONNECT, 0, flag::BODY_IS_SCALAR);
+        packet::encode(&mut v, &header, b"", &body);
+    }
+    v
+}
 
 /// Cached blocking connections to gateways for queries (and a GatewayClient's sends).
 pub struct QueryPool {
@@ -157,20 +169,7 @@ pub struct QueryPool {
 
 impl QueryPool {
     pub fn new(secret: &str, timeout: Duration, local: Option<LocalGateways>) -> QueryPool {
-        let auth = if secret.is_empty() {
-            Vec::new()
-        } else {
-            let mut v = Vec::new();
-            let body = gateway_client_connect_body(secret);
-            packet::encode(
-                &mut v,
-                &Header::command(cmd::GATEWAY_CLIENT_CONNECT, 0, flag::BODY_IS_SCALAR),
-                b"",
-                &body,
-            );
-            v
-        };
-        QueryPool { conns: HashMap::new(), auth, timeout, local }
+        QueryPool { conns: HashMap::new(), auth: auth_packet(secret), timeout, local }
     }
 
     fn connect(&self, gw: SocketAddrV4) -> io::Result<Conn> {

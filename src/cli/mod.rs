@@ -401,7 +401,7 @@ fn child(args: &Args, apps: AppFactory) -> i32 {
             return 78;
         }
     };
-    let tag = if role == "register" { role.clone() } else { format!("{role}[{id}]") };
+    let tag = if role == "register" || role == "http" { role.clone() } else { format!("{role}[{id}]") };
     logger::init(&tag, std::env::var_os("GW_LOG_FILE").map(PathBuf::from));
     set_process_name(&format!("gw-{tag}"));
     match run_child(&cfg, &role, group, id, apps) {
@@ -435,6 +435,7 @@ fn run_child(cfg: &Config, role: &str, group: usize, id: u16, apps: AppFactory) 
                 apps(&name).ok_or_else(|| std::io::Error::other(format!("unknown application {name:?}")))?;
             crate::worker::run(cfg, id, app, stats)
         }
+        "http" => crate::http::run(cfg, inherited.take_tcp("http")?, stats),
         other => Err(std::io::Error::other(format!("unknown role {other:?}"))),
     }
 }

@@ -122,6 +122,26 @@ pub struct RegisterConf {
     pub auth_timeout: Duration,
 }
 
+/// The optional HTTP listener (server API, metrics, probes, dashboard), `[http]`.
+#[derive(Clone, Debug)]
+pub struct HttpConf {
+    pub listen: SocketAddr,
+    /// Bearer key of the server API (`GW_HTTP_API_KEY`); empty only on loopback.
+    pub api_key: String,
+    /// Concurrent HTTP connections; accepting pauses above it.
+    pub max_connections: usize,
+    /// Largest request body (bigger gets 413).
+    pub max_body_size: usize,
+    /// Largest request head (request line and headers; bigger gets 431).
+    pub max_header_size: usize,
+    /// A request must arrive completely within this time of its first byte (else 408).
+    pub header_timeout: Duration,
+    /// A kept-alive connection silent for this long is closed.
+    pub idle_timeout: Duration,
+    /// How long an API call waits for gateway replies.
+    pub query_timeout: Duration,
+}
+
 /// The whole configuration of one machine.
 #[derive(Clone, Debug)]
 pub struct Config {
@@ -147,6 +167,7 @@ pub struct Config {
     pub register: Option<RegisterConf>,
     pub gateways: Vec<GatewayConf>,
     pub worker: Option<WorkerConf>,
+    pub http: Option<HttpConf>,
     /// Start even with an empty secret on a non-loopback listener (warned at every start).
     pub allow_empty_secret: bool,
     /// Found while loading; the master logs each at every start.

@@ -9,8 +9,8 @@ use std::time::Duration;
 use toml::{Table, Value};
 
 use super::{
-    Config, ConfigError, GatewayConf, GatewayLimits, MachineType, Proto, RegisterConf, SendFullPolicy,
-    TlsFiles, WorkerConf,
+    Config, ConfigError, GatewayConf, GatewayLimits, HttpConf, MachineType, Proto, RegisterConf,
+    SendFullPolicy, TlsFiles, WorkerConf,
 };
 
 /// Environment variables read (from `.env` or the real environment), with what they set.
@@ -24,6 +24,7 @@ pub const ENV_KEYS: &[(&str, &str)] = &[
     ("GW_RUN_DIR", "run_dir: pid, log, sockets and stats live here"),
     ("GW_TLS_CERT", "tls.cert: PEM certificate chain for wss"),
     ("GW_TLS_KEY", "tls.key: PEM private key for wss"),
+    ("GW_HTTP_API_KEY", "http api key: `Authorization: Bearer <key>` of the HTTP server API"),
 ];
 
 /// Load and validate.
@@ -217,6 +218,7 @@ fn build(top: &mut Sec<'_>, env: &[(String, String)]) -> Result<Config, ConfigEr
         }
         None => None,
     };
+    let http = http_section(top, env)?;
 
     let mut cfg = Config {
         file: top.file.to_path_buf(),
@@ -235,6 +237,7 @@ fn build(top: &mut Sec<'_>, env: &[(String, String)]) -> Result<Config, ConfigEr
         register,
         gateways,
         worker,
+        http,
         allow_empty_secret: false,
         warnings: Vec::new(),
     };
@@ -371,6 +374,54 @@ fn limits(l: &mut Sec<'_>) -> Result<GatewayLimits, ConfigError> {
         max_groups_per_client: l.int("max_groups_per_client", 1024, 1, 1 << 20)? as usize,
         max_uid_len: l.int("max_uid_len", 256, 1, 1 << 20)? as usize,
         max_session_size: l.int("max_session_size", 1 << 20, 16, 1 << 30)? as usize,
+    })
+}
+
+fn http_section(top: &mut Sec<'_>, env: &[(String, String)]) -> Result<Option<HttpConf>, ConfigError> {
+    let Some(mut s) = top.sub("http")? else { return Ok(None) };
+    let h = http(&mut s, env)?;
+    s.finish()?;
+    Ok(Some(h))
+}
+
+/// `[http]`: listener and limits; the API key comes from `.env` / the environment only.
+fn http(s: &mut Sec<'_>, env: &[(String, String)]) -> Result<HttpConf, ConfigError> {
+    let (scheme, listen) = s.listen("listen", Some("http://127.0.0.1:7280"))?;
+    if scheme != "http" {
+        return Err(s.err(
+            "listen",
+            format!("the HTTP listener speaks http, not {scheme}"),
+            "use http://IP:PORT",
+        ));
+    }
+    let api_key = env_get(env, "GW_HTTP_API_KEY").unwrap_or("").to_string();
+    if api_key.is_empty() && !listen.ip().is_loopback() {
+        let env_file = match std::env::var("GW_ENV_FILE") {
+            Ok(f) if f == "none" => "the environment (GW_ENV_FILE=none)".to_string(),
+            Ok(f) if !f.is_empty() => f,
+            _ => ".env".into(),
+        };
+        return Err(ConfigError {
+            file: PathBuf::from(&env_file),
+            key: "GW_HTTP_API_KEY".into(),
+            problem: format!(
+                "empty, but `http.listen` in {} is {listen}, not a loopback address: the server API would be open to the network",
+                s.file.display()
+            ),
+            fix: format!(
+                "set GW_HTTP_API_KEY=<a long random key> in {env_file} (see conf/example.env), or listen on 127.0.0.1"
+            ),
+        });
+    }
+    Ok(HttpConf {
+        listen,
+        api_key,
+        max_connections: s.int("max_connections", 1024, 1, 1_000_000)? as usize,
+        max_body_size: s.int("max_body_size", 1 << 20, 64, 1 << 30)? as usize,
+        max_header_size: s.int("max_header_size", 16 * 1024, 256, 1 << 20)? as usize,
+        header_timeout: s.seconds("header_timeout", 10.0)?,
+        idle_timeout: s.seconds("idle_timeout", 60.0)?,
+        query_timeout: s.seconds("query_timeout", 5.0)?,
     })
 }
 

@@ -43,8 +43,16 @@ const MAX_BACKOFF: Duration = Duration::from_secs(30);
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Kind {
     Register,
-    Gateway { group: usize, id: u16, fds: usize },
-    Worker { id: u16 },
+    Gateway {
+        group: usize,
+        id: u16,
+        fds: usize,
+    },
+    Worker {
+        id: u16,
+    },
+    /// The HTTP API / metrics / dashboard listener (`[http]`).
+    Http,
 }
 
 /// One child slot of the process table.
@@ -68,6 +76,7 @@ struct Listeners {
     public: Vec<OwnedFd>,
     /// Per gateway process: (inner TCP, inner Unix socket, its path).
     inner: Vec<(OwnedFd, OwnedFd, PathBuf)>,
+    http: Option<OwnedFd>,
 }
 
 /// Master timers.
@@ -114,11 +123,20 @@ fn bind_hint(e: &io::Error) -> &'static str {
 
 /// Bind every listener of `cfg`; errors name the config key to fix.
 fn bind_all(cfg: &Config) -> Result<Listeners, String> {
-    let mut l = Listeners { register: None, public: Vec::new(), inner: Vec::new() };
+    let mut l = Listeners { register: None, public: Vec::new(), inner: Vec::new(), http: None };
+    let file = cfg.file.display();
+    if let Some(h) = &cfg.http {
+        l.http = Some(bind_tcp(h.listen).map_err(|e| {
+            format!(
+                "config error in {file}: key `http.listen`: cannot listen on {}: {e} (fix: {})",
+                h.listen,
+                bind_hint(&e)
+            )
+        })?);
+    }
     if cfg.machine_type == MachineType::Worker {
         return Ok(l);
     }
-    let file = cfg.file.display();
     if let Some(r) = &cfg.register {
         l.register = Some(bind_tcp(r.listen).map_err(|e| {
             format!(
@@ -184,6 +202,9 @@ impl Master {
         };
         for id in 0..workers {
             procs.push(Kind::Worker { id });
+        }
+        if cfg.http.is_some() {
+            procs.push(Kind::Http);
         }
         // Slot 0: master; one per process; spares for reload replacements.
         let slots = 1 + procs.len() + workers as usize + 1;
@@ -251,6 +272,9 @@ impl Master {
         if let Some(w) = self.cfg.worker.as_ref().filter(|_| self.cfg.machine_type != MachineType::Master) {
             rows.push((w.name.clone(), "none".to_string(), w.count as usize));
         }
+        if let Some(h) = &self.cfg.http {
+            rows.push(("Http".to_string(), format!("http://{}", h.listen), 1));
+        }
         rows
     }
 
@@ -292,6 +316,11 @@ impl Master {
                 let name = self.cfg.worker.as_ref().map(|w| w.name.clone()).unwrap_or_default();
                 (Role::Worker, "worker", name, "none".into())
             }
+            Kind::Http => {
+                let listen =
+                    self.cfg.http.as_ref().map(|h| format!("http://{}", h.listen)).unwrap_or_default();
+                (Role::Http, "http", "Http".into(), listen)
+            }
         }
     }
 
@@ -317,7 +346,7 @@ impl Master {
         let p = &self.procs[i];
         let (role, role_arg, name, listen) = self.names(p.kind);
         let (group, id) = match p.kind {
-            Kind::Register => (0, 0),
+            Kind::Register | Kind::Http => (0, 0),
             Kind::Gateway { group, id, .. } => (group, id),
             Kind::Worker { id } => (0, id),
         };
@@ -332,6 +361,7 @@ impl Master {
                 ]
             }
             Kind::Worker { .. } => Vec::new(),
+            Kind::Http => self.listeners.http.iter().map(|f| ("http", f.as_raw_fd())).collect(),
         };
         if let Some(slot) = self.shm.slot(p.slot) {
             slot.claim(role, id as u32, &name, &listen);

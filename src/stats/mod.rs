@@ -24,6 +24,7 @@ pub enum Role {
     Register = 2,
     Gateway = 3,
     Worker = 4,
+    Http = 5,
 }
 
 impl Role {
@@ -33,6 +34,7 @@ impl Role {
             2 => Role::Register,
             3 => Role::Gateway,
             4 => Role::Worker,
+            5 => Role::Http,
             _ => Role::Empty,
         }
     }
@@ -44,6 +46,7 @@ impl Role {
             Role::Register => "register",
             Role::Gateway => "gateway",
             Role::Worker => "worker",
+            Role::Http => "http",
         }
     }
 }

@@ -271,8 +271,13 @@ impl Cluster {
                 panic!("master exited (success: {ok}); log:\n{}", self.log());
             }
             let s = self.snapshot()?;
-            let procs: Vec<_> =
-                s.rows.iter().filter(|r| r.role != gatewayworker::stats::Role::Master).collect();
+            let procs: Vec<_> = s
+                .rows
+                .iter()
+                .filter(|r| {
+                    !matches!(r.role, gatewayworker::stats::Role::Master | gatewayworker::stats::Role::Http)
+                })
+                .collect();
             (procs.len() == want && procs.iter().all(|r| r.state == gatewayworker::stats::State::Ready))
                 .then_some(s)
         });

@@ -98,6 +98,31 @@ fn worker_machine_needs_no_gateway() {
     assert_eq!(e.key, "register");
 }
 
+#[test]
+fn http_listener_is_off_by_default_loopback_by_default_and_keyed_elsewhere() {
+    assert!(load_str(MINIMAL).unwrap().http.is_none());
+    let c = load_str(&format!("{MINIMAL}[http]\n")).unwrap();
+    let h = c.http.unwrap();
+    assert_eq!(h.listen, "127.0.0.1:7280".parse().unwrap());
+    assert_eq!((h.max_connections, h.max_body_size, h.api_key.as_str()), (1024, 1 << 20, ""));
+    assert_eq!(h.query_timeout, Duration::from_secs(5));
+    let e = load_str(&format!("{MINIMAL}[http]\nlisten = \"https://127.0.0.1:7280\"\n")).unwrap_err();
+    assert_eq!(e.key, "http.listen");
+    let e = load_str(&format!("{MINIMAL}[http]\nmax_body = 5\n")).unwrap_err();
+    assert_eq!(e.key, "http.max_body");
+    let public = format!("{MINIMAL}[http]\nlisten = \"http://0.0.0.0:7280\"\n");
+    let e = load_str(&public).unwrap_err();
+    assert_eq!(e.key, "GW_HTTP_API_KEY");
+    assert!(e.to_string().contains("t.toml") && e.fix.contains("GW_HTTP_API_KEY"), "{e}");
+    let dir = std::env::temp_dir().join(format!("gw-conf-http-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let f = dir.join("t.toml");
+    let table: Table = public.parse().unwrap();
+    let mut top = Sec::new(&f, "", &table);
+    let env = [("GW_HTTP_API_KEY".to_string(), "k".to_string())];
+    assert_eq!(build(&mut top, &env).unwrap().http.unwrap().api_key, "k");
+}
+
 fn load_with_env(text: &str, env: &[(String, String)]) -> Result<Config, ConfigError> {
     let table: Table = text.parse().unwrap();
     let f = Path::new("conf/test.toml");

@@ -112,6 +112,7 @@ pub(crate) fn config(proto: Proto, dir: &std::path::Path, tweak: impl FnOnce(&mu
         register: None,
         gateways: vec![gateway],
         worker: None,
+        http: None,
         allow_empty_secret: false,
         warnings: Vec::new(),
     }
