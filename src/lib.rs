@@ -5,12 +5,14 @@
 pub mod api;
 /// The applications bundled with the binary (chat demo, echo, broadcast, probe).
 pub mod app;
-/// Command line: start/stop/restart/reload/status, pid file, daemon, logger.
+/// Command line: start/stop/restart/reload/status, pid file, daemon.
 pub mod cli;
 /// Typed configuration from `conf/*.toml`, `.env` and the environment.
 pub mod config;
 /// Gateway processes: client connections, routing, sessions, uid/group tables, commands.
 pub mod gateway;
+/// The process logger and the helpers that keep hostile input from flooding the log.
+pub mod logging;
 /// The master process: listeners, spawning, respawning, reload.
 pub mod master;
 /// Sockets: listeners, the plain/TLS stream, client protocols (text, frame, websocket).

@@ -4,7 +4,6 @@
 
 pub mod daemon;
 pub mod deploy;
-pub mod logger;
 pub mod pidfile;
 
 use std::path::{Path, PathBuf};
@@ -12,7 +11,9 @@ use std::time::{Duration, Instant};
 
 use crate::api::AppFactory;
 use crate::config::{Config, MachineType};
+use crate::logging;
 use crate::master::{self, Master};
+use crate::reactor::signals::send as signal;
 use crate::stats::{Shm, Stats, table};
 
 const USAGE: &str = "Usage: gatewayworker <command> [mode] [--conf FILE]
@@ -207,7 +208,7 @@ fn start(conf: &Path, args: &Args, apps: AppFactory) -> i32 {
                 };
             }
             Ok(daemon::Side::Daemon(reporter)) => {
-                logger::init("master", Some(cfg.log_file.clone()));
+                logging::init("master", Some(cfg.log_file.clone()));
                 if let Err(e) = pidfile::write(&cfg.pid_file) {
                     reporter.fail(&format!("cannot write pid file {}: {e}", cfg.pid_file.display()));
                     return 1;
@@ -220,7 +221,7 @@ fn start(conf: &Path, args: &Args, apps: AppFactory) -> i32 {
             }
         }
     } else {
-        logger::init("master", None);
+        logging::init("master", None);
         if let Err(e) = pidfile::write(&cfg.pid_file) {
             eprintln!("cannot write pid file {}: {e}", cfg.pid_file.display());
             return 1;
@@ -274,7 +275,7 @@ fn stop(conf: &Path, graceful: bool) -> i32 {
         Err(code) => return code,
     };
     println!("{title} is stopping ...");
-    master::signal(pid, if graceful { libc::SIGQUIT } else { libc::SIGINT });
+    signal(pid, if graceful { libc::SIGQUIT } else { libc::SIGINT });
     let limit = if graceful {
         cfg.stop_timeout + cfg.reload_timeout + Duration::from_secs(10)
     } else {
@@ -300,7 +301,7 @@ fn reload(conf: &Path) -> i32 {
     };
     let shm = Shm::open(&cfg.stats_path(), false).ok();
     let before = shm.as_ref().map(|s| table::snapshot(s).reloads);
-    master::signal(pid, libc::SIGUSR1);
+    signal(pid, libc::SIGUSR1);
     let (Some(shm), Some(before)) = (shm, before) else {
         println!("{title} reload signal sent");
         return 0;
@@ -397,7 +398,7 @@ fn child(args: &Args, apps: AppFactory) -> i32 {
         }
     };
     let tag = if role == "register" { role.clone() } else { format!("{role}[{id}]") };
-    logger::init(&tag, std::env::var_os("GW_LOG_FILE").map(PathBuf::from));
+    logging::init(&tag, std::env::var_os("GW_LOG_FILE").map(PathBuf::from));
     set_process_name(&format!("gw-{tag}"));
     match run_child(&cfg, &role, group, id, apps) {
         Ok(()) => 0,

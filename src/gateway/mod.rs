@@ -29,8 +29,8 @@ use mio::{Interest, Token};
 use slab::Slab;
 use tungstenite::protocol::WebSocketConfig;
 
-use crate::cli::logger::{OncePerPeer, Throttle};
 use crate::config::{Config, GatewayConf, GatewayLimits, Proto};
+use crate::logging::{OncePerPeer, Throttle};
 use crate::net::io::Io;
 use crate::net::websocket;
 use crate::reactor::{Ctx, Reactor, Ready, Service};
@@ -156,7 +156,7 @@ pub fn run(cfg: &Config, group: usize, id: u16, listeners: Listeners, stats: Sta
         None => None,
     };
     let mut reactor = Reactor::new()?;
-    reactor.watch_signals(&crate::master::CHILD_SIGNALS)?;
+    reactor.watch_signals(&crate::reactor::signals::CHILD_SIGNALS)?;
     let mut gw = Gateway::new(cfg, g, id, listeners, tls, stats);
     {
         let mut cx = reactor.ctx();
@@ -261,7 +261,7 @@ impl Gateway {
         let mut out = Vec::new();
         let tls = self.tls.is_some();
         for (_, c) in self.clients.iter() {
-            let (local, remote) = conns::addrs(&c.io);
+            let (local, remote) = crate::net::io::addrs(&c.io);
             out.push(ConnInfo {
                 id: c.id as u64,
                 protocol: c.proto().scheme(tls),
@@ -282,7 +282,7 @@ impl Gateway {
             });
         }
         for (_, i) in self.inners.iter() {
-            let (local, remote) = conns::addrs(&i.io);
+            let (local, remote) = crate::net::io::addrs(&i.io);
             out.push(ConnInfo {
                 id: i.serial,
                 protocol: "GatewayProtocol",
@@ -377,13 +377,13 @@ impl Service for Gateway {
     fn on_signal(&mut self, cx: &mut Ctx<'_, Timer>, signal: i32) {
         match signal {
             libc::SIGQUIT => self.begin_stop(cx, true),
-            libc::SIGUSR1 | libc::SIGUSR2 => crate::cli::logger::reopen(),
+            libc::SIGUSR1 | libc::SIGUSR2 => crate::logging::reopen(),
             libc::SIGIO => {
                 if let Err(e) = conns::dump(&self.run_dir, &self.me.name, &self.connections()) {
                     warn!("gateway: cannot write the connection list: {e}");
                 }
             }
-            s if crate::master::is_stop_signal(s) => self.begin_stop(cx, false),
+            s if crate::reactor::signals::is_stop_signal(s) => self.begin_stop(cx, false),
             _ => {}
         }
     }

@@ -17,23 +17,15 @@ use slab::Slab;
 
 use crate::config::{Config, MachineType};
 use crate::net::listener::{bind_tcp, bind_unix};
+use crate::reactor::signals::{is_stop_signal, send as signal};
 use crate::reactor::{Ctx, Reactor, Ready, Service};
 use crate::stats::{Role, Shm, Slot, State};
 
-pub use spawn::{describe, signal};
-
-/// Signals every child handles (through its reactor).
-pub const CHILD_SIGNALS: [i32; 7] =
-    [libc::SIGINT, libc::SIGTERM, libc::SIGHUP, libc::SIGQUIT, libc::SIGUSR1, libc::SIGUSR2, libc::SIGIO];
+use spawn::describe;
 
 /// Signals the master handles.
 const MASTER_SIGNALS: [i32; 7] =
     [libc::SIGCHLD, libc::SIGINT, libc::SIGTERM, libc::SIGHUP, libc::SIGQUIT, libc::SIGUSR1, libc::SIGUSR2];
-
-/// SIGINT, SIGTERM, SIGHUP: stop now (workerman's table).
-pub fn is_stop_signal(sig: i32) -> bool {
-    matches!(sig, libc::SIGINT | libc::SIGTERM | libc::SIGHUP)
-}
 
 /// A child that did not live this long before dying counts as a failed start.
 const MIN_LIFETIME: Duration = Duration::from_secs(1);
@@ -401,7 +393,7 @@ impl Master {
             info!("graceful stop: business workers drain first");
             self.phase = Phase::StoppingWorkers;
             for pid in self.live_pids(|k| matches!(k, Kind::Worker { .. })) {
-                spawn::signal(pid, libc::SIGQUIT);
+                signal(pid, libc::SIGQUIT);
             }
             self.kill_at = Some(Instant::now() + self.cfg.stop_timeout.max(Duration::from_secs(5)));
             cx.after(Duration::from_millis(50), Timer::Kill);
@@ -411,7 +403,7 @@ impl Master {
         info!("stopping");
         self.phase = Phase::Stopping;
         for pid in self.live_pids(|_| true) {
-            spawn::signal(pid, libc::SIGTERM);
+            signal(pid, libc::SIGTERM);
         }
         self.kill_at = Some(Instant::now() + self.cfg.stop_timeout);
         cx.after(Duration::from_millis(50), Timer::Kill);
@@ -472,7 +464,7 @@ impl Service for Master {
                     };
                     for pid in targets {
                         warn!("process {pid} did not stop in time; killing it");
-                        spawn::signal(pid, libc::SIGKILL);
+                        signal(pid, libc::SIGKILL);
                     }
                     self.kill_at = Some(Instant::now() + Duration::from_secs(2));
                 }

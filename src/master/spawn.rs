@@ -61,12 +61,6 @@ pub fn spawn(spec: &SpawnSpec<'_>) -> io::Result<u32> {
     Ok(child.id())
 }
 
-/// Send `sig` to `pid`, ignoring a process that is already gone.
-pub fn signal(pid: u32, sig: i32) {
-    // SAFETY: kill has no memory effects.
-    unsafe { libc::kill(pid as i32, sig) };
-}
-
 /// One reaped child.
 pub struct Exit {
     pub pid: u32,

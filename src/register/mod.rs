@@ -11,8 +11,8 @@ use mio::net::TcpListener;
 use mio::{Interest, Token};
 use slab::Slab;
 
-use crate::cli::logger::{OncePerPeer, Throttle};
 use crate::config::Config;
+use crate::logging::{OncePerPeer, Throttle};
 use crate::net::io::Io;
 use crate::reactor::{Ctx, InBuf, OutBuf, Reactor, Ready, Service, TimerId, would_block};
 use crate::stats::conns::ConnInfo;
@@ -76,7 +76,7 @@ pub struct Register {
 /// Entry point of the register process.
 pub fn run(cfg: &Config, listener: TcpListener, stats: Stats) -> io::Result<()> {
     let mut reactor = Reactor::new()?;
-    reactor.watch_signals(&crate::master::CHILD_SIGNALS)?;
+    reactor.watch_signals(&crate::reactor::signals::CHILD_SIGNALS)?;
     let mut reg = Register::new(cfg, listener, stats);
     {
         let mut cx = reactor.ctx();
@@ -382,13 +382,13 @@ impl Service for Register {
 
     fn on_signal(&mut self, _cx: &mut Ctx<'_, Timer>, signal: i32) {
         match signal {
-            libc::SIGUSR1 | libc::SIGUSR2 => crate::cli::logger::reopen(),
+            libc::SIGUSR1 | libc::SIGUSR2 => crate::logging::reopen(),
             libc::SIGIO => {
                 let list: Vec<ConnInfo> = self
                     .conns
                     .iter()
                     .map(|(k, c)| {
-                        let (local, remote) = crate::stats::conns::addrs(&c.io);
+                        let (local, remote) = crate::net::io::addrs(&c.io);
                         ConnInfo {
                             id: k as u64 + 1,
                             protocol: "Text",
@@ -407,7 +407,7 @@ impl Service for Register {
                     warn!("register: cannot write the connection list: {e}");
                 }
             }
-            s if crate::master::is_stop_signal(s) => self.stop = true,
+            s if crate::reactor::signals::is_stop_signal(s) => self.stop = true,
             _ => {}
         }
     }

@@ -132,7 +132,7 @@ pub fn render(s: &Snapshot, conf: &str, qps: &dyn Fn(u32) -> Option<u64>) -> Str
     let _ = writeln!(
         o,
         "start time:{}   run {} days {} hours   load average: {}",
-        crate::cli::logger::format_time(start),
+        crate::logging::format_time(start),
         up / 86400,
         (up % 86400) / 3600,
         load_average()

@@ -196,7 +196,7 @@ impl Link {
     /// This link as a line of the `connections` command.
     pub fn conn_info(&self, id: u64) -> crate::stats::conns::ConnInfo {
         let (local, remote) = match &self.io {
-            Some(io) => crate::stats::conns::addrs(io),
+            Some(io) => crate::net::io::addrs(io),
             None => (String::new(), self.target.to_string()),
         };
         crate::stats::conns::ConnInfo {

@@ -81,7 +81,7 @@ pub struct Worker {
 pub fn run(cfg: &Config, id: u16, app: Box<dyn Events>, stats: Stats) -> io::Result<()> {
     let w = cfg.worker.as_ref().ok_or_else(|| io::Error::other("no [worker] section"))?;
     let mut reactor = Reactor::new()?;
-    reactor.watch_signals(&crate::master::CHILD_SIGNALS)?;
+    reactor.watch_signals(&crate::reactor::signals::CHILD_SIGNALS)?;
     let local = LocalGateways { lan_ip: cfg.lan_ip, run_dir: cfg.run_dir.clone() };
     // GatewayWorker's key is `name:id`; a reload replacement runs next to the worker it
     // replaces, so it gets a key of its own (a gateway evicts the older of two equal keys).
@@ -475,7 +475,7 @@ impl Service for Worker {
             if let Err(e) = crate::stats::conns::dump(&self.run_dir, &self.name, &list) {
                 warn!("business worker: cannot write the connection list: {e}");
             }
-        } else if crate::master::is_stop_signal(signal) {
+        } else if crate::reactor::signals::is_stop_signal(signal) {
             self.finish(cx);
         }
     }
