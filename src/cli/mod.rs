@@ -12,7 +12,9 @@ use std::time::{Duration, Instant};
 use crate::api::AppFactory;
 use crate::config::{Config, MachineType};
 use crate::logging;
+use crate::master::child::{ChildContract, ChildRole};
 use crate::master::{self, Master};
+use crate::net::listener::Inherited;
 use crate::reactor::signals::send as signal;
 use crate::stats::{Shm, Stats, table};
 
@@ -34,6 +36,19 @@ Options:
   -q                no start banner
   -h, --help        this text
 ";
+
+/// Exit codes of the command line and of child processes (sysexits.h where one fits).
+mod exit {
+    pub const OK: i32 = 0;
+    /// The command failed (details on stderr or in the log).
+    pub const FAILURE: i32 = 1;
+    /// No master of this configuration runs (workerman's `not run`).
+    pub const NOT_RUNNING: i32 = 3;
+    /// Bad command line (EX_USAGE).
+    pub const USAGE: i32 = 64;
+    /// Bad configuration (EX_CONFIG).
+    pub const CONFIG: i32 = 78;
+}
 
 /// Parsed command line.
 #[derive(Debug, Default)]
@@ -69,16 +84,16 @@ fn parse(argv: &[String]) -> Result<Args, String> {
 /// Run the command line; returns the process exit code.
 pub fn main(apps: AppFactory) -> i32 {
     let argv: Vec<String> = std::env::args().skip(1).collect();
+    if argv.first().is_some_and(|a| a == "child") {
+        return child(&argv[1..], apps);
+    }
     let args = match parse(&argv) {
         Ok(a) => a,
         Err(e) => {
             eprintln!("{e}\n\n{USAGE}");
-            return 64;
+            return exit::USAGE;
         }
     };
-    if args.command == "child" {
-        return child(&args, apps);
-    }
     if args.command == "deploy-plan" {
         return deploy::main(&args.rest);
     }
@@ -88,7 +103,7 @@ pub fn main(apps: AppFactory) -> i32 {
         "stop" => stop(&conf, args.graceful),
         "restart" => {
             let code = stop(&conf, args.graceful);
-            if code != 0 && code != 3 {
+            if code != exit::OK && code != exit::NOT_RUNNING {
                 return code;
             }
             start(&conf, &args, apps)
@@ -98,15 +113,15 @@ pub fn main(apps: AppFactory) -> i32 {
         "connections" => connections(&conf),
         "help" => {
             print!("{USAGE}");
-            0
+            exit::OK
         }
         "" => {
             eprint!("{USAGE}");
-            64
+            exit::USAGE
         }
         other => {
             eprintln!("unknown command {other:?}\n\n{USAGE}");
-            64
+            exit::USAGE
         }
     }
 }
@@ -123,7 +138,7 @@ fn default_conf(given: Option<PathBuf>) -> PathBuf {
 fn load(conf: &Path) -> Result<Config, i32> {
     Config::load(conf).map_err(|e| {
         eprintln!("{e}");
-        78
+        exit::CONFIG
     })
 }
 
@@ -147,7 +162,7 @@ fn running(conf: &Path) -> Result<(Config, String, u32), i32> {
         Some(pid) => Ok((cfg, title, pid)),
         None => {
             eprintln!("{title} not run");
-            Err(3)
+            Err(exit::NOT_RUNNING)
         }
     }
 }
@@ -164,7 +179,7 @@ fn start(conf: &Path, args: &Args, apps: AppFactory) -> i32 {
     let title = title(conf);
     if let Some(pid) = running_master(&cfg) {
         eprintln!("{title} already running (master pid {pid})");
-        return 1;
+        return exit::FAILURE;
     }
     if let Some(w) = cfg.worker.as_ref().filter(|_| cfg.machine_type != MachineType::Master)
         && apps(&w.app).is_none()
@@ -174,20 +189,20 @@ fn start(conf: &Path, args: &Args, apps: AppFactory) -> i32 {
             conf.display(),
             w.app
         );
-        return 78;
+        return exit::CONFIG;
     }
     let exe = match std::env::current_exe() {
         Ok(p) => p,
         Err(e) => {
             eprintln!("cannot find this program's path: {e}");
-            return 1;
+            return exit::FAILURE;
         }
     };
     let m = match Master::new(cfg.clone(), conf.to_path_buf(), exe, args.daemon) {
         Ok(m) => m,
         Err(e) => {
             eprintln!("{e}");
-            return 1;
+            return exit::FAILURE;
         }
     };
     let banner = banner(&title, &cfg, &m, args.daemon);
@@ -199,11 +214,11 @@ fn start(conf: &Path, args: &Args, apps: AppFactory) -> i32 {
                         if !args.quiet {
                             print!("{banner}");
                         }
-                        0
+                        exit::OK
                     }
                     Err(e) => {
                         eprintln!("{title} start failed: {e}");
-                        1
+                        exit::FAILURE
                     }
                 };
             }
@@ -211,20 +226,20 @@ fn start(conf: &Path, args: &Args, apps: AppFactory) -> i32 {
                 logging::init("master", Some(cfg.log_file.clone()));
                 if let Err(e) = pidfile::write(&cfg.pid_file) {
                     reporter.fail(&format!("cannot write pid file {}: {e}", cfg.pid_file.display()));
-                    return 1;
+                    return exit::FAILURE;
                 }
                 reporter.ok();
             }
             Err(e) => {
                 eprintln!("cannot become a daemon: {e}");
-                return 1;
+                return exit::FAILURE;
             }
         }
     } else {
         logging::init("master", None);
         if let Err(e) = pidfile::write(&cfg.pid_file) {
             eprintln!("cannot write pid file {}: {e}", cfg.pid_file.display());
-            return 1;
+            return exit::FAILURE;
         }
         if !args.quiet {
             print!("{banner}");
@@ -233,10 +248,10 @@ fn start(conf: &Path, args: &Args, apps: AppFactory) -> i32 {
     set_process_name("gw-master");
     log::info!("{title} start: master pid {}", std::process::id());
     let code = match m.run() {
-        Ok(code) => code,
+        Ok(()) => exit::OK,
         Err(e) => {
             log::error!("master loop failed: {e}");
-            1
+            exit::FAILURE
         }
     };
     pidfile::remove(&cfg.pid_file);
@@ -285,12 +300,12 @@ fn stop(conf: &Path, graceful: bool) -> i32 {
     while pidfile::is_our_master(pid) {
         if Instant::now() >= until {
             eprintln!("{title} stop fail");
-            return 1;
+            return exit::FAILURE;
         }
         std::thread::sleep(Duration::from_millis(20));
     }
     println!("{title} stop success");
-    0
+    exit::OK
 }
 
 /// SIGUSR1, then wait for the master to report the reload done or aborted.
@@ -304,19 +319,19 @@ fn reload(conf: &Path) -> i32 {
     signal(pid, libc::SIGUSR1);
     let (Some(shm), Some(before)) = (shm, before) else {
         println!("{title} reload signal sent");
-        return 0;
+        return exit::OK;
     };
     let workers = cfg.worker.as_ref().map_or(1, |w| w.count as u32);
     let until = Instant::now() + cfg.reload_timeout * 2 * workers.max(1) + Duration::from_secs(5);
     while Instant::now() < until {
         if table::snapshot(&shm).reloads > before {
             println!("{title} reload done");
-            return 0;
+            return exit::OK;
         }
         std::thread::sleep(Duration::from_millis(20));
     }
     eprintln!("{title} reload did not complete; see the log ({})", cfg.log_file.display());
-    1
+    exit::FAILURE
 }
 
 fn status(conf: &Path, args: &Args) -> i32 {
@@ -328,12 +343,12 @@ fn status(conf: &Path, args: &Args) -> i32 {
         Ok(s) => s,
         Err(e) => {
             eprintln!("cannot read statistics {}: {e}", cfg.stats_path().display());
-            return 1;
+            return exit::FAILURE;
         }
     };
     if args.json {
         println!("{}", table::render_json(&table::snapshot(&shm)));
-        return 0;
+        return exit::OK;
     }
     loop {
         let first = table::snapshot(&shm);
@@ -349,10 +364,10 @@ fn status(conf: &Path, args: &Args) -> i32 {
             print!("\x1b[H\x1b[2J\x1b(B\x1b[m{out}\nPress Ctrl+C to quit.\n");
         } else {
             print!("{title} status\n{out}");
-            return 0;
+            return exit::OK;
         }
         if running_master(&cfg).is_none() {
-            return 0;
+            return exit::OK;
         }
     }
 }
@@ -365,73 +380,66 @@ fn connections(conf: &Path) -> i32 {
     match crate::stats::conns::collect(&cfg, pid) {
         Ok(text) => {
             print!("{text}");
-            0
+            exit::OK
         }
         Err(e) => {
             eprintln!("{title} connections: {e}");
-            1
+            exit::FAILURE
         }
     }
 }
 
-/// `child <role> --conf F --group G --id N`: a process spawned by the master.
-fn child(args: &Args, apps: AppFactory) -> i32 {
-    let role = args.rest.first().cloned().unwrap_or_default();
-    let num = |flag: &str| -> usize {
-        args.rest
-            .iter()
-            .position(|a| a == flag)
-            .and_then(|i| args.rest.get(i + 1))
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(0)
-    };
-    let (group, id) = (num("--group"), num("--id") as u16);
-    let Some(conf) = args.conf.clone() else {
-        eprintln!("child: --conf missing");
-        return 64;
-    };
-    let cfg = match Config::load(&conf) {
+/// `child <role> --conf F --group G --id N`: a process spawned by the master, which parses
+/// its contract once; a bad one is reported and the child exits.
+fn child(argv: &[String], apps: AppFactory) -> i32 {
+    let contract = match ChildContract::from_process(argv) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("{e}");
-            return 78;
+            return exit::USAGE;
         }
     };
-    let tag = if role == "register" { role.clone() } else { format!("{role}[{id}]") };
-    logging::init(&tag, std::env::var_os("GW_LOG_FILE").map(PathBuf::from));
+    let cfg = match Config::load(&contract.conf) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("{e}");
+            return exit::CONFIG;
+        }
+    };
+    let tag = contract.tag();
+    logging::init(&tag, contract.log_file.clone());
     set_process_name(&format!("gw-{tag}"));
-    match run_child(&cfg, &role, group, id, apps) {
-        Ok(()) => 0,
+    match run_child(&cfg, contract, apps) {
+        Ok(()) => exit::OK,
         Err(e) => {
             log::error!("{tag} failed: {e}");
-            1
+            exit::FAILURE
         }
     }
 }
 
-fn run_child(cfg: &Config, role: &str, group: usize, id: u16, apps: AppFactory) -> std::io::Result<()> {
-    let stats = Stats::attach(&cfg.stats_path())?;
-    let mut inherited = crate::net::listener::Inherited::from_env()?;
-    match role {
-        "register" => crate::register::run(cfg, inherited.take_tcp("register")?, stats),
-        "gateway" => {
-            if group >= cfg.gateways.len() {
-                return Err(std::io::Error::other(format!("no gateway group {group}")));
+fn run_child(cfg: &Config, c: ChildContract, apps: AppFactory) -> std::io::Result<()> {
+    let stats = Stats::attach(&cfg.stats_path(), c.slot)?;
+    let mut inherited = Inherited::adopt(c.fds);
+    match c.role {
+        ChildRole::Register => crate::register::run(cfg, inherited.take_tcp("register")?, stats),
+        ChildRole::Gateway => {
+            if c.group >= cfg.gateways.len() {
+                return Err(std::io::Error::other(format!("no gateway group {}", c.group)));
             }
             let listeners = crate::gateway::Listeners {
                 public: inherited.take_tcp("public")?,
                 inner_tcp: inherited.take_tcp("inner_tcp")?,
                 inner_unix: inherited.take_unix("inner_unix")?,
             };
-            crate::gateway::run(cfg, group, id, listeners, stats)
+            crate::gateway::run(cfg, c.group, c.id, listeners, stats)
         }
-        "worker" => {
+        ChildRole::Worker => {
             let name = cfg.worker.as_ref().map(|w| w.app.clone()).unwrap_or_default();
             let app =
                 apps(&name).ok_or_else(|| std::io::Error::other(format!("unknown application {name:?}")))?;
-            crate::worker::run(cfg, id, app, stats)
+            crate::worker::run(cfg, c.id, c.generation, app, stats)
         }
-        other => Err(std::io::Error::other(format!("unknown role {other:?}"))),
     }
 }
 

@@ -3,17 +3,20 @@
 //! workers, re-spawns a child that dies (same slot, same listeners, with backoff), reloads
 //! business workers new-before-old, and stops everything. It never touches client traffic.
 
+pub mod child;
 mod reload;
 mod spawn;
 
 use std::io;
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use log::{error, info, warn};
 use mio::Token;
 use slab::Slab;
+
+use child::{ChildContract, ChildRole};
 
 use crate::config::{Config, MachineType};
 use crate::net::listener::{bind_tcp, bind_unix};
@@ -53,6 +56,14 @@ pub struct Proc {
     pub generation: u64,
 }
 
+/// A process-table entry's names: statistics role, command line role, name, listen address.
+struct Names {
+    role: Role,
+    child: ChildRole,
+    name: String,
+    listen: String,
+}
+
 /// Listening sockets owned by the master.
 struct Listeners {
     register: Option<OwnedFd>,
@@ -90,7 +101,8 @@ pub struct Master {
     phase: Phase,
     reload: reload::Reload,
     generation: u64,
-    child_env: Vec<(String, String)>,
+    /// The log file children write to (daemon mode); `None`: they log to the terminal.
+    child_log: Option<PathBuf>,
     kill_at: Option<Instant>,
 }
 
@@ -203,10 +215,7 @@ impl Master {
         }
         let procs = table;
         let free_slots = (procs.len() + 1..slots).rev().collect();
-        let mut child_env = Vec::new();
-        if daemon {
-            child_env.push(("GW_LOG_FILE".to_string(), cfg.log_file.display().to_string()));
-        }
+        let child_log = daemon.then(|| cfg.log_file.clone());
         Ok(Master {
             cfg,
             conf,
@@ -218,7 +227,7 @@ impl Master {
             phase: Phase::Running,
             reload: reload::Reload::default(),
             generation: 0,
-            child_env,
+            child_log,
             kill_at: None,
         })
     }
@@ -244,8 +253,8 @@ impl Master {
         rows
     }
 
-    /// Run until everything stopped. Returns the process exit code.
-    pub fn run(mut self) -> io::Result<i32> {
+    /// Run until everything stopped.
+    pub fn run(mut self) -> io::Result<()> {
         let mut reactor = Reactor::new()?;
         reactor.watch_signals(&MASTER_SIGNALS)?;
         {
@@ -258,29 +267,39 @@ impl Master {
         }
         reactor.run(&mut self)?;
         self.cleanup();
-        Ok(0)
+        Ok(())
     }
 
-    fn names(&self, kind: Kind) -> (Role, &'static str, String, String) {
+    /// How process-table entry `kind` is named in the statistics, on its command line and in
+    /// the log.
+    fn names(&self, kind: Kind) -> Names {
         match kind {
-            Kind::Register => {
-                let listen =
-                    self.cfg.register.as_ref().map(|r| format!("text://{}", r.listen)).unwrap_or_default();
-                (Role::Register, "register", "Register".into(), listen)
-            }
+            Kind::Register => Names {
+                role: Role::Register,
+                child: ChildRole::Register,
+                name: "Register".into(),
+                listen: self
+                    .cfg
+                    .register
+                    .as_ref()
+                    .map(|r| format!("text://{}", r.listen))
+                    .unwrap_or_default(),
+            },
             Kind::Gateway { group, .. } => {
                 let g = &self.cfg.gateways[group];
-                (
-                    Role::Gateway,
-                    "gateway",
-                    g.name.clone(),
-                    format!("{}://{}", g.proto.scheme(g.tls.is_some()), g.listen),
-                )
+                Names {
+                    role: Role::Gateway,
+                    child: ChildRole::Gateway,
+                    name: g.name.clone(),
+                    listen: format!("{}://{}", g.proto.scheme(g.tls.is_some()), g.listen),
+                }
             }
-            Kind::Worker { .. } => {
-                let name = self.cfg.worker.as_ref().map(|w| w.name.clone()).unwrap_or_default();
-                (Role::Worker, "worker", name, "none".into())
-            }
+            Kind::Worker { .. } => Names {
+                role: Role::Worker,
+                child: ChildRole::Worker,
+                name: self.cfg.worker.as_ref().map(|w| w.name.clone()).unwrap_or_default(),
+                listen: "none".into(),
+            },
         }
     }
 
@@ -294,7 +313,7 @@ impl Master {
                 true
             }
             Err(e) => {
-                let (_, _, name, _) = self.names(self.procs[i].kind);
+                let name = self.names(self.procs[i].kind).name;
                 error!("cannot start {name} from {}: {e}", self.exe.display());
                 self.schedule_respawn(cx, i);
                 false
@@ -304,43 +323,44 @@ impl Master {
 
     fn spawn_proc(&self, i: usize) -> io::Result<u32> {
         let p = &self.procs[i];
-        let (role, role_arg, name, listen) = self.names(p.kind);
+        let names = self.names(p.kind);
         let (group, id) = match p.kind {
             Kind::Register => (0, 0),
             Kind::Gateway { group, id, .. } => (group, id),
             Kind::Worker { id } => (0, id),
         };
-        let fds: Vec<(&'static str, i32)> = match p.kind {
-            Kind::Register => self.listeners.register.iter().map(|f| ("register", f.as_raw_fd())).collect(),
+        let fds: Vec<(String, RawFd)> = match p.kind {
+            Kind::Register => {
+                self.listeners.register.iter().map(|f| ("register".into(), f.as_raw_fd())).collect()
+            }
             Kind::Gateway { group, fds, .. } => {
                 let (tcp, unix, _) = &self.listeners.inner[fds];
                 vec![
-                    ("public", self.listeners.public[group].as_raw_fd()),
-                    ("inner_tcp", tcp.as_raw_fd()),
-                    ("inner_unix", unix.as_raw_fd()),
+                    ("public".into(), self.listeners.public[group].as_raw_fd()),
+                    ("inner_tcp".into(), tcp.as_raw_fd()),
+                    ("inner_unix".into(), unix.as_raw_fd()),
                 ]
             }
             Kind::Worker { .. } => Vec::new(),
         };
         if let Some(slot) = self.shm.slot(p.slot) {
-            slot.claim(role, id as u32, &name, &listen);
+            slot.claim(names.role, id as u32, &names.name, &names.listen);
         }
-        let mut env = self.child_env.clone();
-        env.push(("GW_GENERATION".into(), p.generation.to_string()));
-        spawn::spawn(&spawn::SpawnSpec {
-            exe: &self.exe,
-            conf: &self.conf,
-            role: role_arg,
+        let contract = ChildContract {
+            role: names.child,
+            conf: self.conf.clone(),
             group,
             id,
-            slot: p.slot,
             fds,
-            env,
-        })
+            slot: p.slot,
+            generation: p.generation,
+            log_file: self.child_log.clone(),
+        };
+        spawn::spawn(&self.exe, &contract)
     }
 
     fn schedule_respawn(&mut self, cx: &mut Ctx<'_, Timer>, i: usize) {
-        let (_, _, name, _) = self.names(self.procs[i].kind);
+        let name = self.names(self.procs[i].kind).name;
         let p = &mut self.procs[i];
         p.quick_deaths += 1;
         let delay = Duration::from_millis(500 * (1u64 << p.quick_deaths.min(6))).min(MAX_BACKOFF);
@@ -354,7 +374,7 @@ impl Master {
         if self.reload_probation_failed(i, status) {
             return;
         }
-        let (_, _, name, _) = self.names(self.procs[i].kind);
+        let name = self.names(self.procs[i].kind).name;
         let p = &mut self.procs[i];
         p.pid = None;
         // Did it get as far as serving? A child that fails before that is a failed start.

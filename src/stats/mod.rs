@@ -330,21 +330,15 @@ pub struct Stats {
 }
 
 impl Stats {
-    /// Attach to the slot named by `GW_SLOT` in the region at `path`; without them (a process
-    /// started by hand) use a private anonymous slot.
-    pub fn attach(path: &Path) -> io::Result<Stats> {
-        match std::env::var("GW_SLOT").ok().and_then(|v| v.parse::<usize>().ok()) {
-            Some(index) => {
-                let shm = Shm::open(path, true)?;
-                if shm.slot(index).is_none() {
-                    return Err(io::Error::other(format!("no statistics slot {index}")));
-                }
-                let s = Stats { shm, index };
-                s.slot().pid.store(std::process::id(), Ordering::Relaxed);
-                Ok(s)
-            }
-            None => Stats::private(),
+    /// Attach to slot `index` (given by the master) of the region at `path`.
+    pub fn attach(path: &Path, index: usize) -> io::Result<Stats> {
+        let shm = Shm::open(path, true)?;
+        if shm.slot(index).is_none() {
+            return Err(io::Error::other(format!("no statistics slot {index}")));
         }
+        let s = Stats { shm, index };
+        s.slot().pid.store(std::process::id(), Ordering::Relaxed);
+        Ok(s)
     }
 
     /// A slot nobody else sees.

@@ -78,14 +78,13 @@ pub struct Worker {
 }
 
 /// Entry point of a business worker process.
-pub fn run(cfg: &Config, id: u16, app: Box<dyn Events>, stats: Stats) -> io::Result<()> {
+pub fn run(cfg: &Config, id: u16, generation: u64, app: Box<dyn Events>, stats: Stats) -> io::Result<()> {
     let w = cfg.worker.as_ref().ok_or_else(|| io::Error::other("no [worker] section"))?;
     let mut reactor = Reactor::new()?;
     reactor.watch_signals(&crate::reactor::signals::CHILD_SIGNALS)?;
     let local = LocalGateways { lan_ip: cfg.lan_ip, run_dir: cfg.run_dir.clone() };
     // GatewayWorker's key is `name:id`; a reload replacement runs next to the worker it
     // replaces, so it gets a key of its own (a gateway evicts the older of two equal keys).
-    let generation: u64 = std::env::var("GW_GENERATION").ok().and_then(|g| g.parse().ok()).unwrap_or(0);
     let worker_key =
         if generation == 0 { format!("{}:{id}", w.name) } else { format!("{}:{id}-r{generation}", w.name) };
     let mut worker = Worker {
