@@ -30,6 +30,14 @@ use spawn::describe;
 const MASTER_SIGNALS: [i32; 7] =
     [libc::SIGCHLD, libc::SIGINT, libc::SIGTERM, libc::SIGHUP, libc::SIGQUIT, libc::SIGUSR1, libc::SIGUSR2];
 
+/// A stop goes in this order, each stage once the one before has exited, so no process sees
+/// a peer close on it and logs it: business workers, gateways, the register.
+const STOP_ORDER: [fn(&Kind) -> bool; 3] = [
+    |k| matches!(k, Kind::Worker { .. }),
+    |k| matches!(k, Kind::Gateway { .. }),
+    |k| matches!(k, Kind::Register),
+];
+
 /// A child that did not live this long before dying counts as a failed start.
 const MIN_LIFETIME: Duration = Duration::from_secs(1);
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
@@ -86,7 +94,8 @@ enum Phase {
     Running,
     /// Graceful stop, first step: business workers drain.
     StoppingWorkers,
-    Stopping,
+    /// Stopping the processes of `STOP_ORDER[stage]`.
+    Stopping(usize),
     Done,
 }
 
@@ -405,7 +414,7 @@ impl Master {
 
     /// Begin stopping. Graceful: business workers drain first, then the rest stop.
     fn stop(&mut self, cx: &mut Ctx<'_, Timer>, graceful: bool) {
-        if matches!(self.phase, Phase::Stopping | Phase::Done) {
+        if matches!(self.phase, Phase::Stopping(_) | Phase::Done) {
             return;
         }
         self.reload.abort();
@@ -421,12 +430,17 @@ impl Master {
             return;
         }
         info!("stopping");
-        self.phase = Phase::Stopping;
-        for pid in self.live_pids(|_| true) {
-            signal(pid, libc::SIGTERM);
-        }
         self.kill_at = Some(Instant::now() + self.cfg.stop_timeout);
         cx.after(Duration::from_millis(50), Timer::Kill);
+        self.stop_stage(cx, 0);
+    }
+
+    /// SIGTERM to the processes of stop stage `stage`; the next stage starts when they exited.
+    fn stop_stage(&mut self, cx: &mut Ctx<'_, Timer>, stage: usize) {
+        self.phase = Phase::Stopping(stage);
+        for pid in self.live_pids(STOP_ORDER[stage]) {
+            signal(pid, libc::SIGTERM);
+        }
         self.maybe_done(cx);
     }
 
@@ -436,7 +450,13 @@ impl Master {
                 self.phase = Phase::Running;
                 self.stop(cx, false);
             }
-            Phase::Stopping if self.procs.iter().all(|(_, p)| p.pid.is_none()) => self.phase = Phase::Done,
+            Phase::Stopping(stage) if self.live_pids(STOP_ORDER[stage]).is_empty() => {
+                if stage + 1 < STOP_ORDER.len() {
+                    self.stop_stage(cx, stage + 1);
+                } else if self.procs.iter().all(|(_, p)| p.pid.is_none()) {
+                    self.phase = Phase::Done;
+                }
+            }
             _ => {}
         }
     }
