@@ -22,7 +22,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use cluster::{BIN, Ws};
-use gatewayworker::stats::{Role, Shm, State, table};
+use gatewayworker::internals::stats::{Role, Shm, State, table};
 use netns::{Conf, Host, Net, wait_until};
 
 const TEST: &str = "deploy_puts_new_business_code_live_on_every_host_and_no_client_disconnects";

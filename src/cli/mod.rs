@@ -2,9 +2,9 @@
 //! `--conf FILE`, `--help`, as workerman users know them, plus the hidden `child` entry the
 //! master uses to exec its children. The CLI finds the master through the pid file.
 
-pub mod daemon;
-pub mod deploy;
-pub mod pidfile;
+mod daemon;
+mod deploy;
+mod pidfile;
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};

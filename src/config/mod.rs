@@ -9,8 +9,6 @@ use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-pub use raw::ENV_KEYS;
-
 /// Which roles run on this machine.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum MachineType {
@@ -103,11 +101,15 @@ pub struct WorkerConf {
     pub count: u16,
     /// Which bundled application runs (`chat`, `echo`, ...).
     pub app: String,
+    // Parsed and checked, but nothing reads it: the key has no effect.
+    #[allow(dead_code)]
     pub send_to_gateway_buffer_size: usize,
     /// Blocking queries give up after this long.
     pub query_timeout: Duration,
     /// Keep websocket binary frames binary end to end (our extension; off = GatewayWorker's
     /// behaviour, everything is sent as text frames unless the app says binary).
+    // Parsed and checked, but nothing reads it: the key has no effect.
+    #[allow(dead_code)]
     pub binary_passthrough: bool,
 }
 
@@ -126,6 +128,8 @@ pub struct Config {
     pub machine_type: MachineType,
     pub lan_ip: Ipv4Addr,
     pub register_address: Vec<SocketAddrV4>,
+    // Decides TLS while parsing; nothing reads it afterwards.
+    #[allow(dead_code)]
     pub production: bool,
     pub secret_key: String,
     pub run_dir: PathBuf,
@@ -155,11 +159,6 @@ impl Config {
     /// Path of the shared-memory statistics file.
     pub fn stats_path(&self) -> PathBuf {
         self.run_dir.join("gatewayworker.stats")
-    }
-
-    /// Number of gateway processes on this machine.
-    pub fn gateway_processes(&self) -> usize {
-        self.gateways.iter().map(|g| g.count as usize).sum()
     }
 }
 

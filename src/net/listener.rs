@@ -3,7 +3,7 @@
 
 use std::io;
 use std::net::SocketAddr;
-use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd, OwnedFd, RawFd};
+use std::os::fd::{FromRawFd, OwnedFd, RawFd};
 use std::path::Path;
 
 use socket2::{Domain, Socket, Type};
@@ -93,14 +93,4 @@ impl Inherited {
 
 fn missing(name: &str) -> io::Error {
     io::Error::other(format!("listener {name:?} was not passed by the master"))
-}
-
-/// Raw fd of something that has one (for building `GW_FDS`).
-pub fn raw(fd: &OwnedFd) -> RawFd {
-    fd.as_raw_fd()
-}
-
-/// Give up ownership of an fd number (it stays open for the process lifetime).
-pub fn leak(fd: OwnedFd) -> RawFd {
-    fd.into_raw_fd()
 }

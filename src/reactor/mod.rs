@@ -93,11 +93,6 @@ impl<T> Reactor<T> {
         Ctx { registry: self.poll.registry(), timers: &mut self.timers, now: Instant::now() }
     }
 
-    /// Number of armed timers.
-    pub fn timer_count(&self) -> usize {
-        self.timers.len()
-    }
-
     /// Run `svc` until it says it should stop.
     pub fn run<S: Service<Timer = T>>(&mut self, svc: &mut S) -> io::Result<()> {
         let mut busy = false;
@@ -136,9 +131,4 @@ impl<T> Reactor<T> {
 /// `WouldBlock`: the operation must wait for the next edge.
 pub fn would_block(e: &io::Error) -> bool {
     e.kind() == io::ErrorKind::WouldBlock
-}
-
-/// `EINTR`: retry at once.
-pub fn interrupted(e: &io::Error) -> bool {
-    e.kind() == io::ErrorKind::Interrupted
 }

@@ -253,30 +253,6 @@ impl Shm {
         Ok(shm)
     }
 
-    /// Anonymous private region for a process started without a master (tests, tools).
-    pub fn anonymous(slots: usize) -> io::Result<Shm> {
-        let len = Shm::size(slots);
-        // SAFETY: a fresh anonymous mapping, owned by the returned value.
-        let ptr = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                len,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
-                -1,
-                0,
-            )
-        };
-        if ptr == libc::MAP_FAILED {
-            return Err(io::Error::last_os_error());
-        }
-        let shm = Shm { ptr: ptr as *mut u8, len };
-        shm.header().slots.store(slots as u32, Ordering::Relaxed);
-        shm.header().magic.store(MAGIC, Ordering::Relaxed);
-        shm.header().version.store(VERSION, Ordering::Relaxed);
-        Ok(shm)
-    }
-
     fn map(f: &std::fs::File, len: usize, writable: bool) -> io::Result<Shm> {
         let prot = if writable { libc::PROT_READ | libc::PROT_WRITE } else { libc::PROT_READ };
         // SAFETY: mapping a regular file we opened, of at least `len` bytes.
@@ -337,13 +313,6 @@ impl Stats {
             return Err(io::Error::other(format!("no statistics slot {index}")));
         }
         let s = Stats { shm, index };
-        s.slot().pid.store(std::process::id(), Ordering::Relaxed);
-        Ok(s)
-    }
-
-    /// A slot nobody else sees.
-    pub fn private() -> io::Result<Stats> {
-        let s = Stats { shm: Shm::anonymous(1)?, index: 0 };
         s.slot().pid.store(std::process::id(), Ordering::Relaxed);
         Ok(s)
     }

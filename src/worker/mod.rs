@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use log::{error, info, warn};
 use mio::Token;
 
-use crate::api::client_id::ClientId;
+use crate::api::ClientId;
 use crate::api::context::{Context, Current, TimerRequest, WorkerInfo, WorkerTransport};
 use crate::api::transport::{LocalGateways, Pkt, QueryPool};
 use crate::api::{Events, Value};

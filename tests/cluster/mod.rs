@@ -11,7 +11,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use gatewayworker::stats::{Shm, table};
+use gatewayworker::internals::stats::{Shm, table};
 use serde_json::{Value as Json, json};
 use tungstenite::{Message, WebSocket};
 
@@ -272,9 +272,10 @@ impl Cluster {
             }
             let s = self.snapshot()?;
             let procs: Vec<_> =
-                s.rows.iter().filter(|r| r.role != gatewayworker::stats::Role::Master).collect();
-            (procs.len() == want && procs.iter().all(|r| r.state == gatewayworker::stats::State::Ready))
-                .then_some(s)
+                s.rows.iter().filter(|r| r.role != gatewayworker::internals::stats::Role::Master).collect();
+            (procs.len() == want
+                && procs.iter().all(|r| r.state == gatewayworker::internals::stats::State::Ready))
+            .then_some(s)
         });
         self.remember(&snap);
     }
