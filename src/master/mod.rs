@@ -8,6 +8,7 @@ mod reload;
 mod spawn;
 
 use std::io;
+use std::net::SocketAddr;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -18,7 +19,7 @@ use slab::Slab;
 
 use child::{ChildContract, ChildRole};
 
-use crate::config::{Config, MachineType};
+use crate::config::{Config, ConfigError, MachineType};
 use crate::net::listener::{bind_tcp, bind_unix};
 use crate::reactor::signals::{is_stop_signal, send as signal};
 use crate::reactor::{Ctx, Reactor, Ready, Service};
@@ -125,47 +126,79 @@ fn bind_hint(e: &io::Error) -> &'static str {
     }
 }
 
+/// Why the master cannot start.
+#[derive(Debug)]
+pub enum StartError {
+    /// A listener, the run directory or the TLS files: names the key to fix.
+    Config(ConfigError),
+    /// A run file cannot be created: (what, the error).
+    Io(String, io::Error),
+}
+
+impl std::fmt::Display for StartError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            StartError::Config(e) => e.fmt(f),
+            StartError::Io(what, e) => write!(f, "cannot create {what}: {e}"),
+        }
+    }
+}
+
+impl std::error::Error for StartError {}
+
+/// A config error about `key` of `cfg`'s file.
+fn key_error(cfg: &Config, key: String, problem: String, fix: String) -> StartError {
+    StartError::Config(ConfigError { file: cfg.file.clone(), key, problem, fix })
+}
+
+/// Bind `addr` for config key `key`.
+fn bind_key(
+    cfg: &Config,
+    key: String,
+    addr: SocketAddr,
+    what: &str,
+    fix: &str,
+) -> Result<OwnedFd, StartError> {
+    bind_tcp(addr).map_err(|e| {
+        key_error(cfg, key, format!("cannot listen on {what}{addr}: {e}"), format!("{}{fix}", bind_hint(&e)))
+    })
+}
+
 /// Bind every listener of `cfg`; errors name the config key to fix.
-fn bind_all(cfg: &Config) -> Result<Listeners, String> {
+fn bind_all(cfg: &Config) -> Result<Listeners, StartError> {
     let mut l = Listeners { register: None, public: Vec::new(), inner: Vec::new() };
     if cfg.machine_type == MachineType::Worker {
         return Ok(l);
     }
-    let file = cfg.file.display();
     if let Some(r) = &cfg.register {
-        l.register = Some(bind_tcp(r.listen).map_err(|e| {
-            format!(
-                "config error in {file}: key `register.listen`: cannot listen on {}: {e} (fix: {})",
-                r.listen,
-                bind_hint(&e)
-            )
-        })?);
+        l.register = Some(bind_key(cfg, "register.listen".into(), r.listen, "", "")?);
     }
     std::fs::create_dir_all(&cfg.run_dir).map_err(|e| {
-        format!("config error in {file}: key `run_dir`: cannot create {}: {e}", cfg.run_dir.display())
+        key_error(
+            cfg,
+            "run_dir".into(),
+            format!("cannot create {}: {e}", cfg.run_dir.display()),
+            String::new(),
+        )
     })?;
     for (gi, g) in cfg.gateways.iter().enumerate() {
         if let Some(t) = &g.tls {
             // Fail at start, in the terminal, rather than in every gateway child.
-            crate::net::tls::server_config(&t.cert, &t.key)
-                .map_err(|e| format!("config error in {file}: key `tls`: {e} (fix: set [tls] cert and key to readable PEM files, or stage_mode = \"dev\")"))?;
+            crate::net::tls::server_config(&t.cert, &t.key).map_err(|e| {
+                let fix = "set [tls] cert and key to readable PEM files, or stage_mode = \"dev\"";
+                key_error(cfg, "tls".into(), e.to_string(), fix.into())
+            })?;
         }
-        l.public.push(bind_tcp(g.listen).map_err(|e| {
-            format!(
-                "config error in {file}: key `gateway[{gi}].listen`: cannot listen on {}: {e} (fix: {})",
-                g.listen,
-                bind_hint(&e)
-            )
-        })?);
+        l.public.push(bind_key(cfg, format!("gateway[{gi}].listen"), g.listen, "", "")?);
         for id in 0..g.count {
             let port = g.start_port + id;
-            let addr = std::net::SocketAddr::new(std::net::IpAddr::V4(cfg.lan_ip), port);
-            let tcp = bind_tcp(addr).map_err(|e| {
-                format!("config error in {file}: key `gateway[{gi}].start_port`: cannot listen on inner port {addr}: {e} (fix: {}; inner ports listen on lan_ip)", bind_hint(&e))
-            })?;
+            let addr = SocketAddr::new(std::net::IpAddr::V4(cfg.lan_ip), port);
+            let key = format!("gateway[{gi}].start_port");
+            let tcp = bind_key(cfg, key, addr, "inner port ", "; inner ports listen on lan_ip")?;
             let path = cfg.inner_socket_path(port);
             let unix = bind_unix(&path).map_err(|e| {
-                format!("config error in {file}: key `run_dir`: cannot create socket {}: {e}", path.display())
+                let problem = format!("cannot create socket {}: {e}", path.display());
+                key_error(cfg, "run_dir".into(), problem, String::new())
             })?;
             l.inner.push((tcp, unix, path));
         }
@@ -175,10 +208,10 @@ fn bind_all(cfg: &Config) -> Result<Listeners, String> {
 
 impl Master {
     /// Bind, create the statistics region, build the process table. Nothing is spawned yet.
-    pub fn new(cfg: Config, conf: PathBuf, exe: PathBuf, daemon: bool) -> Result<Master, String> {
+    pub fn new(cfg: Config, conf: PathBuf, exe: PathBuf, daemon: bool) -> Result<Master, StartError> {
         let listeners = bind_all(&cfg)?;
         std::fs::create_dir_all(&cfg.run_dir)
-            .map_err(|e| format!("cannot create run_dir {}: {e}", cfg.run_dir.display()))?;
+            .map_err(|e| StartError::Io(format!("run_dir {}", cfg.run_dir.display()), e))?;
         let mut procs = Vec::new();
         if cfg.machine_type != MachineType::Worker {
             procs.push(Kind::Register);
@@ -201,7 +234,7 @@ impl Master {
         // Slot 0: master; one per process; spares for reload replacements.
         let slots = 1 + procs.len() + workers as usize + 1;
         let shm = Shm::create(&cfg.stats_path(), slots)
-            .map_err(|e| format!("cannot create statistics file {}: {e}", cfg.stats_path().display()))?;
+            .map_err(|e| StartError::Io(format!("statistics file {}", cfg.stats_path().display()), e))?;
         let h = shm.header();
         h.master_pid.store(std::process::id(), std::sync::atomic::Ordering::Relaxed);
         h.daemon.store(daemon as u32, std::sync::atomic::Ordering::Relaxed);
