@@ -172,78 +172,15 @@ fn title(conf: &Path) -> String {
 }
 
 fn start(conf: &Path, args: &Args, apps: AppFactory) -> i32 {
-    let cfg = match load(conf) {
-        Ok(c) => c,
+    let (cfg, title, m) = match prepare(conf, args, apps) {
+        Ok(r) => r,
         Err(code) => return code,
     };
-    let title = title(conf);
-    if let Some(pid) = running_master(&cfg) {
-        eprintln!("{title} already running (master pid {pid})");
-        return exit::FAILURE;
-    }
-    if let Some(w) = cfg.worker.as_ref().filter(|_| cfg.machine_type != MachineType::Master)
-        && apps(&w.app).is_none()
-    {
-        eprintln!(
-            "config error in {}: key `worker.app`: unknown application {:?} (fix: use one of the bundled apps: chat, echo, broadcast)",
-            conf.display(),
-            w.app
-        );
-        return exit::CONFIG;
-    }
-    let exe = match std::env::current_exe() {
-        Ok(p) => p,
-        Err(e) => {
-            eprintln!("cannot find this program's path: {e}");
-            return exit::FAILURE;
-        }
-    };
-    let m = match Master::new(cfg.clone(), conf.to_path_buf(), exe, args.daemon) {
-        Ok(m) => m,
-        Err(e) => {
-            eprintln!("{e}");
-            return exit::FAILURE;
-        }
-    };
     let banner = banner(&title, &cfg, &m, args.daemon);
-    if args.daemon {
-        match daemon::detach(&cfg.stdout_file) {
-            Ok(daemon::Side::Parent(report)) => {
-                return match report {
-                    Ok(()) => {
-                        if !args.quiet {
-                            print!("{banner}");
-                        }
-                        exit::OK
-                    }
-                    Err(e) => {
-                        eprintln!("{title} start failed: {e}");
-                        exit::FAILURE
-                    }
-                };
-            }
-            Ok(daemon::Side::Daemon(reporter)) => {
-                logging::init("master", Some(cfg.log_file.clone()));
-                if let Err(e) = pidfile::write(&cfg.pid_file) {
-                    reporter.fail(&format!("cannot write pid file {}: {e}", cfg.pid_file.display()));
-                    return exit::FAILURE;
-                }
-                reporter.ok();
-            }
-            Err(e) => {
-                eprintln!("cannot become a daemon: {e}");
-                return exit::FAILURE;
-            }
-        }
-    } else {
-        logging::init("master", None);
-        if let Err(e) = pidfile::write(&cfg.pid_file) {
-            eprintln!("cannot write pid file {}: {e}", cfg.pid_file.display());
-            return exit::FAILURE;
-        }
-        if !args.quiet {
-            print!("{banner}");
-        }
+    let setup =
+        if args.daemon { daemonize(&cfg, &title, &banner, args) } else { foreground(&cfg, &banner, args) };
+    if let Some(code) = setup {
+        return code;
     }
     set_process_name("gw-master");
     log::info!("{title} start: master pid {}", std::process::id());
@@ -257,6 +194,80 @@ fn start(conf: &Path, args: &Args, apps: AppFactory) -> i32 {
     pidfile::remove(&cfg.pid_file);
     log::info!("{title} has been stopped");
     code
+}
+
+/// Load the config, refuse a second master or an unknown application, bind: the config, the
+/// title and the master ready to run, or the exit code.
+fn prepare(conf: &Path, args: &Args, apps: AppFactory) -> Result<(Config, String, Master), i32> {
+    let cfg = load(conf)?;
+    let title = title(conf);
+    if let Some(pid) = running_master(&cfg) {
+        eprintln!("{title} already running (master pid {pid})");
+        return Err(exit::FAILURE);
+    }
+    if let Some(w) = cfg.worker.as_ref().filter(|_| cfg.machine_type != MachineType::Master)
+        && apps(&w.app).is_none()
+    {
+        eprintln!(
+            "config error in {}: key `worker.app`: unknown application {:?} (fix: use one of the bundled apps: chat, echo, broadcast)",
+            conf.display(),
+            w.app
+        );
+        return Err(exit::CONFIG);
+    }
+    let exe = std::env::current_exe().map_err(|e| {
+        eprintln!("cannot find this program's path: {e}");
+        exit::FAILURE
+    })?;
+    let m = Master::new(cfg.clone(), conf.to_path_buf(), exe, args.daemon).map_err(|e| {
+        eprintln!("{e}");
+        exit::FAILURE
+    })?;
+    Ok((cfg, title, m))
+}
+
+/// Become a daemon. `Some(code)`: this process is the command and exits with `code` once the
+/// daemon reported; `None`: this process is the daemon and goes on as the master.
+fn daemonize(cfg: &Config, title: &str, banner: &str, args: &Args) -> Option<i32> {
+    match daemon::detach(&cfg.stdout_file) {
+        Ok(daemon::Side::Parent(Ok(()))) => {
+            if !args.quiet {
+                print!("{banner}");
+            }
+            Some(exit::OK)
+        }
+        Ok(daemon::Side::Parent(Err(e))) => {
+            eprintln!("{title} start failed: {e}");
+            Some(exit::FAILURE)
+        }
+        Ok(daemon::Side::Daemon(reporter)) => {
+            logging::init("master", Some(cfg.log_file.clone()));
+            if let Err(e) = pidfile::write(&cfg.pid_file) {
+                reporter.fail(&format!("cannot write pid file {}: {e}", cfg.pid_file.display()));
+                return Some(exit::FAILURE);
+            }
+            reporter.ok();
+            None
+        }
+        Err(e) => {
+            eprintln!("cannot become a daemon: {e}");
+            Some(exit::FAILURE)
+        }
+    }
+}
+
+/// Stay in the foreground: log to the terminal, write the pid file, print the banner.
+/// `Some(code)` when that fails.
+fn foreground(cfg: &Config, banner: &str, args: &Args) -> Option<i32> {
+    logging::init("master", None);
+    if let Err(e) = pidfile::write(&cfg.pid_file) {
+        eprintln!("cannot write pid file {}: {e}", cfg.pid_file.display());
+        return Some(exit::FAILURE);
+    }
+    if !args.quiet {
+        print!("{banner}");
+    }
+    None
 }
 
 fn banner(title: &str, cfg: &Config, m: &Master, daemon: bool) -> String {

@@ -39,6 +39,9 @@ const STOP_ORDER: [fn(&Kind) -> bool; 3] = [
     |k| matches!(k, Kind::Register),
 ];
 
+/// The master's own row in the statistics region; children's rows follow.
+const MASTER_SLOT: usize = 0;
+
 /// A child that did not live this long before dying counts as a failed start.
 const MIN_LIFETIME: Duration = Duration::from_secs(1);
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
@@ -206,31 +209,34 @@ fn bind_all(cfg: &Config) -> Result<Listeners, StartError> {
     Ok(l)
 }
 
+/// The processes this machine runs, and how many of them are business workers.
+fn process_kinds(cfg: &Config) -> (Vec<Kind>, u16) {
+    let mut procs = Vec::new();
+    if cfg.machine_type != MachineType::Worker {
+        procs.push(Kind::Register);
+        let mut fds = 0;
+        for (gi, g) in cfg.gateways.iter().enumerate() {
+            for id in 0..g.count {
+                procs.push(Kind::Gateway { group: gi, id, fds });
+                fds += 1;
+            }
+        }
+    }
+    let workers =
+        if cfg.machine_type == MachineType::Master { 0 } else { cfg.worker.as_ref().map_or(0, |w| w.count) };
+    for id in 0..workers {
+        procs.push(Kind::Worker { id });
+    }
+    (procs, workers)
+}
+
 impl Master {
     /// Bind, create the statistics region, build the process table. Nothing is spawned yet.
     pub fn new(cfg: Config, conf: PathBuf, exe: PathBuf, daemon: bool) -> Result<Master, StartError> {
         let listeners = bind_all(&cfg)?;
         std::fs::create_dir_all(&cfg.run_dir)
             .map_err(|e| StartError::Io(format!("run_dir {}", cfg.run_dir.display()), e))?;
-        let mut procs = Vec::new();
-        if cfg.machine_type != MachineType::Worker {
-            procs.push(Kind::Register);
-            let mut fds = 0;
-            for (gi, g) in cfg.gateways.iter().enumerate() {
-                for id in 0..g.count {
-                    procs.push(Kind::Gateway { group: gi, id, fds });
-                    fds += 1;
-                }
-            }
-        }
-        let workers = if cfg.machine_type == MachineType::Master {
-            0
-        } else {
-            cfg.worker.as_ref().map_or(0, |w| w.count)
-        };
-        for id in 0..workers {
-            procs.push(Kind::Worker { id });
-        }
+        let (procs, workers) = process_kinds(&cfg);
         // Slot 0: master; one per process; spares for reload replacements.
         let slots = 1 + procs.len() + workers as usize + 1;
         let shm = Shm::create(&cfg.stats_path(), slots)
@@ -238,7 +244,7 @@ impl Master {
         let h = shm.header();
         h.master_pid.store(std::process::id(), std::sync::atomic::Ordering::Relaxed);
         h.daemon.store(daemon as u32, std::sync::atomic::Ordering::Relaxed);
-        if let Some(s) = shm.slot(0) {
+        if let Some(s) = shm.slot(MASTER_SLOT) {
             s.claim(Role::Master, 0, "master", "none");
             s.pid.store(std::process::id(), std::sync::atomic::Ordering::Relaxed);
             s.set_state(State::Ready);
@@ -512,7 +518,7 @@ impl Service for Master {
     fn on_timer(&mut self, cx: &mut Ctx<'_, Timer>, timer: Timer) {
         match timer {
             Timer::Tick => {
-                if let Some(s) = self.shm.slot(0) {
+                if let Some(s) = self.shm.slot(MASTER_SLOT) {
                     s.tick();
                     Slot::set(&s.timers, cx.timers.len() as u64 + 1);
                 }

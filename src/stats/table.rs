@@ -125,6 +125,13 @@ fn load_average() -> String {
 pub fn render(s: &Snapshot, conf: &str, qps: &dyn Fn(u32) -> Option<u64>) -> String {
     let mut o = String::new();
     let line = "-".repeat(46);
+    render_global(&mut o, s, conf, &line);
+    render_processes(&mut o, s, qps, &line);
+    o
+}
+
+/// The GLOBAL STATUS part: version, start time, load, exit counts.
+fn render_global(o: &mut String, s: &Snapshot, conf: &str, line: &str) {
     let _ = writeln!(o, "{line}GLOBAL STATUS{line}");
     let _ = writeln!(o, "gatewayworker version:{:<10} conf:{conf}", env!("CARGO_PKG_VERSION"));
     let start = std::time::UNIX_EPOCH + std::time::Duration::from_secs(s.started);
@@ -151,6 +158,10 @@ pub fn render(s: &Snapshot, conf: &str, qps: &dyn Fn(u32) -> Option<u64>) -> Str
     for (name, count, status) in s.exits.iter().filter(|(n, _, _)| n != "master") {
         let _ = writeln!(o, "{name:<w$} {status:<16} {count}");
     }
+}
+
+/// The PROCESS STATUS part: one row per process and the summary.
+fn render_processes(o: &mut String, s: &Snapshot, qps: &dyn Fn(u32) -> Option<u64>, line: &str) {
     let _ = writeln!(o, "{line}PROCESS STATUS{line}");
     let lw = s.rows.iter().map(|r| r.listen.len()).max().unwrap_or(9).max(9);
     let nw = s.rows.iter().map(|r| r.name.len()).max().unwrap_or(11).max(11);
@@ -196,7 +207,6 @@ pub fn render(s: &Snapshot, conf: &str, qps: &dyn Fn(u32) -> Option<u64>) -> Str
         sum.4,
         sum.5
     );
-    o
 }
 
 /// The snapshot as one JSON object (for scripts and tests).
