@@ -1,4 +1,4 @@
-//! The Gateway API (GatewayWorker's `Lib\Gateway`, GATEWAYWORKER.md §4) over any
+//! The Gateway API (GatewayWorker's `Lib\Gateway`, `docs/protocol.md` §3) over any
 //! `Transport`: business workers and the blocking `GatewayClient` share this code.
 
 use std::collections::BTreeMap;

@@ -1,5 +1,5 @@
-//! Executing what business workers and GatewayClients send to a gateway (GATEWAYWORKER.md
-//! §2.3): sends, closes, sessions, uid/group changes, worker registration; queries are
+//! Executing what business workers and GatewayClients send to a gateway (`docs/protocol.md`
+//! §3): sends, closes, sessions, uid/group changes, worker registration; queries are
 //! answered by `queries`.
 
 use std::borrow::Cow;

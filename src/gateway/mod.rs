@@ -1,7 +1,7 @@
 //! A gateway process: holds client connections (websocket, wss, text, frame), forwards every
 //! client event to one business worker (sticky, least connections) and executes the
 //! commands and queries workers and GatewayClients send on its inner port / Unix socket.
-//! It runs no business code (GATEWAYWORKER.md §1.3).
+//! It runs no business code (`docs/architecture.md`).
 
 mod accept;
 mod client;

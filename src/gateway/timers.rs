@@ -22,7 +22,7 @@ impl Gateway {
         Some(if self.ping_limit > 0 { self.ping_interval / 2 } else { self.ping_interval })
     }
 
-    /// GATEWAYWORKER.md §5.2, one tick.
+    /// The heartbeat of `docs/protocol.md` §6, one tick.
     pub(super) fn heartbeat(&mut self) {
         let limit = self.ping_limit as i32;
         let mut expired = Vec::new();

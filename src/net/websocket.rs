@@ -122,7 +122,7 @@ pub fn encode_close(out: &mut Vec<u8>, code: u16) {
 }
 
 /// The `['get' => .., 'server' => .., 'cookie' => ..]` array GatewayWorker 4 sends with
-/// `CMD_ON_WEBSOCKET_CONNECT` (workerman 5 layout, GATEWAYWORKER.md §5.8).
+/// `CMD_ON_WEBSOCKET_CONNECT` (workerman 5 layout, `docs/protocol.md` §6).
 pub fn connect_data(req: &HandshakeRequest, remote_ip: &str, remote_port: u16, server_port: u16) -> Value {
     let (path_query, query) = match req.uri.split_once('?') {
         Some((_, q)) => (req.uri.as_str(), q),

@@ -1,6 +1,6 @@
 //! The register: the cluster's address book. Gateways announce their inner address, business
 //! workers (and GatewayClients) receive the list and every change of it. It never carries
-//! client traffic (GATEWAYWORKER.md §1.2).
+//! client traffic (`docs/protocol.md` §1).
 
 use std::io;
 use std::net::SocketAddr;

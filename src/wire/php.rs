@@ -1,5 +1,5 @@
 //! PHP values as they travel between GatewayWorker processes: sessions, non-scalar packet
-//! bodies and query replies are PHP-`serialize()`d (GATEWAYWORKER.md §2.2), and array bodies
+//! bodies and query replies are PHP-`serialize()`d (`docs/protocol.md` §5), and array bodies
 //! reach websocket clients through `json_encode`.
 //!
 //! The model is PHP's: scalars, byte strings, and ordered arrays whose keys are integers or
