@@ -146,8 +146,9 @@ impl Link {
                 Ok(0) => return Ok(ReadEnd::Eof),
                 Ok(n) => {
                     self.bytes_read += n as u64;
-                    // A short read emptied the socket: no need to hear WouldBlock.
-                    if n < CHUNK && io.short_read_drains() {
+                    // A short read emptied the socket: no need to hear WouldBlock. Not after a
+                    // hang-up: the FIN came with the same edge, and only a read sees it.
+                    if n < CHUNK && io.short_read_drains() && !self.ready.contains(Ready::HUP) {
                         self.ready.remove(Ready::READABLE);
                     }
                 }
