@@ -11,6 +11,9 @@ use std::process::Command;
 use super::child::ChildContract;
 use crate::net::listener::keep_on_exec;
 
+/// Exit status of a forked child whose master died before it could exec.
+const ORPHANED: i32 = 1;
+
 /// Start the child `exe` with `contract`; returns its pid. Fails if the binary cannot be
 /// executed.
 pub fn spawn(exe: &Path, contract: &ChildContract) -> io::Result<u32> {
@@ -28,7 +31,7 @@ pub fn spawn(exe: &Path, contract: &ChildContract) -> io::Result<u32> {
             }
             libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
             if libc::getppid() != master {
-                libc::_exit(1);
+                libc::_exit(ORPHANED);
             }
             Ok(())
         });
