@@ -26,7 +26,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use cluster::{BIN, Ws};
-use gatewayworker::stats::{Role, Shm, State, table};
+use gatewayworker::internals::stats::{Role, Shm, State, table};
 use netns::{Conf, Host, Net, wait_until};
 
 const TEST: &str = "ansible_deploy_ships_builds_reloads_stops_at_a_failing_host_and_rolls_back";

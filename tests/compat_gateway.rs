@@ -19,9 +19,9 @@ use std::net::{Shutdown, TcpStream};
 use std::time::Duration;
 
 use cluster::{Cluster, DEADLINE, Gw, Spec};
-use gatewayworker::wire::packet::{self, Header, cmd, flag};
-use gatewayworker::wire::php::{self, Key, Value};
-use gatewayworker::wire::register::worker_connect_body;
+use gatewayworker::internals::wire::packet::{self, Header, cmd, flag};
+use gatewayworker::internals::wire::php::{self, Key, Value};
+use gatewayworker::internals::wire::register::worker_connect_body;
 use serde_json::Value as Json;
 use support::{Report, case_name, hex, to_hex};
 

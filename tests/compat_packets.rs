@@ -5,8 +5,8 @@
 
 mod support;
 
-use gatewayworker::wire::packet::{self, Packet, cmd};
-use gatewayworker::wire::php;
+use gatewayworker::internals::wire::packet::{self, Packet, cmd};
+use gatewayworker::internals::wire::php;
 use serde_json::Value as Json;
 use support::{Report, case_name, hex, identical, pvn_to_value, to_hex, value_to_pvn};
 

@@ -5,7 +5,7 @@
 
 mod support;
 
-use gatewayworker::wire::php::{self, Array, JsonFlags, Key, Value};
+use gatewayworker::internals::wire::php::{self, Array, JsonFlags, Key, Value};
 use serde_json::Value as Json;
 use support::{Report, case_name, hex, identical, pvn_to_value, to_hex, value_to_pvn};
 

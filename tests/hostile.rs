@@ -69,7 +69,7 @@ fn gateway_row(c: &Cluster) -> Json {
 }
 
 /// The gateway's counters straight from the shared memory (cheap enough to poll).
-fn gateway_stats(c: &Cluster) -> gatewayworker::stats::table::Row {
+fn gateway_stats(c: &Cluster) -> gatewayworker::internals::stats::table::Row {
     c.snapshot().unwrap().rows.into_iter().find(|r| r.role.name() == "gateway").unwrap()
 }
 

@@ -93,6 +93,11 @@ fn daemon_status_connections_stop_and_restart() {
     assert!(text(&out).contains("not run"));
     let out = c.run_cli(&["stop"]);
     assert!(text(&out).contains("not run"));
+    // Clean stops (restart and stop) warn about nothing: the register stops last, so no
+    // process sees its register link close.
+    let log = c.log();
+    let warnings: Vec<&str> = log.lines().filter(|l| l.contains(" WARN ") || l.contains(" ERROR ")).collect();
+    assert!(warnings.is_empty(), "a clean stop logged:\n{}", warnings.join("\n"));
 }
 
 /// Clients sending continuously through the echo app; counts what comes back.

@@ -8,7 +8,7 @@ use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
 use cluster::{Cluster, Gw, Spec, Text, Ws, wait_for};
-use gatewayworker::wire::packet::{self, Header, cmd, flag};
+use gatewayworker::internals::wire::packet::{self, Header, cmd, flag};
 use serde_json::json;
 
 #[test]

@@ -15,8 +15,8 @@ use std::time::{Duration, Instant};
 use cluster::{
     BIN, Cluster, DEADLINE, Gw, Spec, free_port, free_range, on_conf, run_log, spawn_master, wait_for,
 };
-use gatewayworker::stats::{Role, Shm, State, table};
-use gatewayworker::wire::register::gateway_connect;
+use gatewayworker::internals::stats::{Role, Shm, State, table};
+use gatewayworker::internals::wire::register::gateway_connect;
 
 /// How long a refused gateway is watched for a business worker linking to it; the positive
 /// control shows that a gateway the register accepts is linked well within this time.

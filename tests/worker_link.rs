@@ -7,8 +7,8 @@ use std::io::{ErrorKind, Read, Write};
 use std::net::TcpStream;
 
 use cluster::{Cluster, DEADLINE, Gw, Spec};
-use gatewayworker::wire::packet::{self, Header, cmd, flag};
-use gatewayworker::wire::register::worker_connect_body;
+use gatewayworker::internals::wire::packet::{self, Header, cmd, flag};
+use gatewayworker::internals::wire::register::worker_connect_body;
 
 fn command(c: u8, conn: u32, body: &[u8]) -> Vec<u8> {
     let mut out = Vec::new();

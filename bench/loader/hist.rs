@@ -1,6 +1,6 @@
 //! A log-linear latency histogram in the manner of HdrHistogram: values are microseconds,
 //! exact below 256 µs, then 128 buckets per power of two (relative error under 0.8 %), up to
-//! [`MAX_VALUE`]. Larger values are clamped and counted apart.
+//! `MAX_VALUE`. Larger values are clamped and counted apart.
 
 /// The largest value kept exactly: 60 s in µs.
 pub const MAX_VALUE: u64 = 60_000_000;

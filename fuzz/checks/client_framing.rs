@@ -1,7 +1,7 @@
 //! The `text` and `frame` client protocols (`net::text`, `net::frame`): what a gateway reads
 //! from its clients, buffered as the gateway buffers it.
 
-use gatewayworker::net::{frame, text};
+use gatewayworker::internals::net::{frame, text};
 
 use super::input::{Chunks, Input, be32};
 

@@ -1,7 +1,7 @@
 //! GatewayProtocol packets (`wire::packet`): what gateways read from workers and
 //! GatewayClients, and workers read from gateways.
 
-use gatewayworker::wire::packet::{self, DecodeError, HEADER_LEN, Header, Packet};
+use gatewayworker::internals::wire::packet::{self, DecodeError, HEADER_LEN, Header, Packet};
 
 use super::input::{Input, be16, be32};
 

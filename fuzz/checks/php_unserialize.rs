@@ -2,7 +2,7 @@
 //! GatewayClients, query replies from gateways. Also `serialize` and `json_encode` of
 //! whatever it accepts, and of values built from the input.
 
-use gatewayworker::wire::php::{self, Array, JsonFlags, Key, MAX_DEPTH, Value};
+use gatewayworker::internals::wire::php::{self, Array, JsonFlags, Key, MAX_DEPTH, Value};
 use serde_json::Value as Json;
 
 use super::input::Input;

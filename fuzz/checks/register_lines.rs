@@ -2,7 +2,7 @@
 //! workers, what workers read from the register, and the connect bodies gateways read from
 //! workers and GatewayClients.
 
-use gatewayworker::wire::register::{self, BadLine, Request};
+use gatewayworker::internals::wire::register::{self, BadLine, Request};
 
 pub fn check(data: &[u8]) {
     parse(data);

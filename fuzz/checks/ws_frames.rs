@@ -4,7 +4,7 @@
 
 use std::io::{self, Read, Write};
 
-use gatewayworker::net::websocket;
+use gatewayworker::internals::net::websocket;
 use tungstenite::error::{Error as WsError, ProtocolError};
 use tungstenite::protocol::{Message, Role, WebSocketContext};
 

@@ -2,9 +2,9 @@
 //! new client, the `CMD_ON_WEBSOCKET_CONNECT` data made of it (`gateway::server_vars`,
 //! PHP-serialized for the worker), and the query string, cookie and URL decoders it uses.
 
-use gatewayworker::gateway::server_vars;
-use gatewayworker::net::websocket::{self, Handshake, MAX_REQUEST};
-use gatewayworker::wire::php::{self, Array, Key, Value};
+use gatewayworker::internals::gateway::server_vars;
+use gatewayworker::internals::net::websocket::{self, Handshake, MAX_REQUEST};
+use gatewayworker::internals::wire::php::{self, Array, Key, Value};
 
 use super::php_unserialize::{canonical_keys, depth, json, round_trip};
 

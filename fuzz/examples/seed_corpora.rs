@@ -12,9 +12,9 @@ use std::hash::{Hash, Hasher};
 use std::path::{Path, PathBuf};
 use std::{env, fs};
 
-use gatewayworker::net::{frame, text};
-use gatewayworker::wire::packet::{self, flag};
-use gatewayworker::wire::php::{self, Value};
+use gatewayworker::internals::net::{frame, text};
+use gatewayworker::internals::wire::packet::{self, flag};
+use gatewayworker::internals::wire::php::{self, Value};
 use serde_json::Value as Json;
 
 const MAX_PACKET: usize = 10_485_760;

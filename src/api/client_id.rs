@@ -9,12 +9,16 @@ use std::str::FromStr;
 /// A client's cluster-wide id.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct ClientId {
+    /// The gateway's LAN address (`lan_ip`) as a number, first octet highest.
     pub gateway_ip: u32,
+    /// The gateway's inner port (`start_port` + its number).
     pub gateway_port: u16,
+    /// The connection's number within that gateway.
     pub connection_id: u32,
 }
 
 impl ClientId {
+    /// The id of connection `connection_id` of the gateway at `gateway_ip:gateway_port`.
     pub fn new(gateway_ip: u32, gateway_port: u16, connection_id: u32) -> ClientId {
         ClientId { gateway_ip, gateway_port, connection_id }
     }

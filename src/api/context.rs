@@ -99,12 +99,12 @@ pub struct Context<'a> {
 }
 
 impl<'a> Context<'a> {
-    pub fn new(t: WorkerTransport<'a>, current: Option<Current>, info: WorkerInfo<'a>) -> Context<'a> {
+    pub(crate) fn new(t: WorkerTransport<'a>, current: Option<Current>, info: WorkerInfo<'a>) -> Context<'a> {
         Context { api: Api::new(t), current, info }
     }
 
     /// Hand back the current client's state (for the automatic session save).
-    pub fn into_current(self) -> Option<Current> {
+    pub(crate) fn into_current(self) -> Option<Current> {
         self.current
     }
 
@@ -142,10 +142,12 @@ impl<'a> Context<'a> {
         self.client_id().ok_or(ApiError::NoCurrentClient)
     }
 
+    /// Send `msg` to the client whose event this is (`Gateway::sendToCurrentClient`).
     pub fn send_to_current_client(&mut self, msg: impl AsRef<[u8]>) -> Result<(), ApiError> {
         self.send_to_current_client_opts(msg, SendOpts::TEXT)
     }
 
+    /// [`Context::send_to_current_client`] with send options (raw, binary).
     pub fn send_to_current_client_opts(
         &mut self,
         msg: impl AsRef<[u8]>,
@@ -155,11 +157,13 @@ impl<'a> Context<'a> {
         self.api.send_to_client_opts(id, msg, opts)
     }
 
+    /// Close the current client, after sending `msg` if given.
     pub fn close_current_client(&mut self, msg: Option<&[u8]>) -> Result<(), ApiError> {
         let id = self.current_id()?;
         self.api.close_client(id, msg)
     }
 
+    /// Drop the current client's connection at once, without a goodbye.
     pub fn destroy_current_client(&mut self) -> Result<(), ApiError> {
         let id = self.current_id()?;
         self.api.destroy_client(id)
@@ -240,6 +244,7 @@ impl<'a> Context<'a> {
         id
     }
 
+    /// Cancel a timer added with [`Context::add_timer`].
     pub fn del_timer(&mut self, id: u64) {
         self.info.timers.push(TimerRequest::Del { id });
     }

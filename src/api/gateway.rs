@@ -1,4 +1,4 @@
-//! The Gateway API (GatewayWorker's `Lib\Gateway`, GATEWAYWORKER.md §4) over any
+//! The Gateway API (GatewayWorker's `Lib\Gateway`, `docs/protocol.md` §3) over any
 //! `Transport`: business workers and the blocking `GatewayClient` share this code.
 
 use std::collections::BTreeMap;
@@ -19,8 +19,11 @@ pub struct SendOpts {
 }
 
 impl SendOpts {
+    /// Encoded by the client's protocol; a websocket text frame.
     pub const TEXT: SendOpts = SendOpts { raw: false, binary: false };
+    /// Encoded by the client's protocol; a websocket binary frame.
     pub const BINARY: SendOpts = SendOpts { raw: false, binary: true };
+    /// The bytes as they are, no protocol encoding.
     pub const RAW: SendOpts = SendOpts { raw: true, binary: false };
 
     fn flag(self) -> u8 {
@@ -32,6 +35,7 @@ impl SendOpts {
 
 /// Anything naming a client: a `ClientId` or its 20-hex-char string.
 pub trait ToClientId {
+    /// The client id this names, or [`ApiError::BadClientId`].
     fn to_client_id(&self) -> Result<ClientId, ApiError>;
 }
 
@@ -100,6 +104,7 @@ pub struct Api<T: Transport> {
 }
 
 impl<T: Transport> Api<T> {
+    /// The Gateway API over transport `t`.
     pub fn new(t: T) -> Api<T> {
         Api { t }
     }
@@ -149,10 +154,12 @@ impl<T: Transport> Api<T> {
         }
     }
 
+    /// Send `msg` to one client (`Gateway::sendToClient`).
     pub fn send_to_client(&mut self, id: impl ToClientId, msg: impl AsRef<[u8]>) -> Result<(), ApiError> {
         self.send_to_client_opts(id, msg, SendOpts::TEXT)
     }
 
+    /// [`Api::send_to_client`] with send options (raw, binary).
     pub fn send_to_client_opts(
         &mut self,
         id: impl ToClientId,
@@ -169,6 +176,7 @@ impl<T: Transport> Api<T> {
         self.send_to_uid_opts(uids, msg, SendOpts::TEXT)
     }
 
+    /// [`Api::send_to_uid`] with send options (raw, binary).
     pub fn send_to_uid_opts(
         &mut self,
         uids: &[&str],
@@ -186,6 +194,7 @@ impl<T: Transport> Api<T> {
         self.send_to_group_opts(groups, msg, &[], SendOpts::TEXT)
     }
 
+    /// [`Api::send_to_group`] with send options (raw, binary).
     pub fn send_to_group_opts(
         &mut self,
         groups: &[&str],
@@ -229,21 +238,25 @@ impl<T: Transport> Api<T> {
 
     // ----- uid and groups ----------------------------------------------------------------
 
+    /// Bind the client to `uid` (`Gateway::bindUid`); a uid may have several clients.
     pub fn bind_uid(&mut self, id: impl ToClientId, uid: &str) -> Result<(), ApiError> {
         non_empty(uid, "uid")?;
         self.send_to_client_gateway(id, cmd::BIND_UID, uid.as_bytes())
     }
 
+    /// Undo [`Api::bind_uid`].
     pub fn unbind_uid(&mut self, id: impl ToClientId, uid: &str) -> Result<(), ApiError> {
         non_empty(uid, "uid")?;
         self.send_to_client_gateway(id, cmd::UNBIND_UID, uid.as_bytes())
     }
 
+    /// Add the client to `group` (`Gateway::joinGroup`).
     pub fn join_group(&mut self, id: impl ToClientId, group: &str) -> Result<(), ApiError> {
         non_empty(group, "group")?;
         self.send_to_client_gateway(id, cmd::JOIN_GROUP, group.as_bytes())
     }
 
+    /// Remove the client from `group`.
     pub fn leave_group(&mut self, id: impl ToClientId, group: &str) -> Result<(), ApiError> {
         non_empty(group, "group")?;
         self.send_to_client_gateway(id, cmd::LEAVE_GROUP, group.as_bytes())
@@ -280,6 +293,7 @@ impl<T: Transport> Api<T> {
 
     // ----- queries --------------------------------------------------------------------------
 
+    /// Whether the client is connected (`Gateway::isOnline`).
     pub fn is_online(&mut self, id: impl ToClientId) -> Result<bool, ApiError> {
         let id = id.to_client_id()?;
         let p = Pkt::new(cmd::IS_ONLINE, id.connection_id, flag::BODY_IS_SCALAR, b"", b"");
@@ -291,6 +305,7 @@ impl<T: Transport> Api<T> {
         self.sessions(Pkt::new(cmd::GET_ALL_CLIENT_SESSIONS, 0, flag::BODY_IS_SCALAR, b"", b""))
     }
 
+    /// Sessions of the clients of `group`, by client id.
     pub fn get_client_sessions_by_group(&mut self, group: &str) -> Result<Vec<(ClientId, Array)>, ApiError> {
         self.sessions(Pkt::new(
             cmd::GET_CLIENT_SESSIONS_BY_GROUP,
@@ -301,6 +316,7 @@ impl<T: Transport> Api<T> {
         ))
     }
 
+    /// Number of clients in `group`.
     pub fn get_client_count_by_group(&mut self, group: &str) -> Result<usize, ApiError> {
         let p = Pkt::new(cmd::GET_CLIENT_COUNT_BY_GROUP, 0, flag::BODY_IS_SCALAR, group.as_bytes(), b"");
         let mut n = 0;
@@ -310,10 +326,12 @@ impl<T: Transport> Api<T> {
         Ok(n)
     }
 
+    /// Number of clients of the whole cluster.
     pub fn get_all_client_count(&mut self) -> Result<usize, ApiError> {
         self.get_client_count_by_group("")
     }
 
+    /// Client ids bound to `uid`.
     pub fn get_client_id_by_uid(&mut self, uid: &str) -> Result<Vec<ClientId>, ApiError> {
         let p = Pkt::new(cmd::GET_CLIENT_ID_BY_UID, 0, flag::BODY_IS_SCALAR, uid.as_bytes(), b"");
         let mut out = Vec::new();
@@ -325,6 +343,7 @@ impl<T: Transport> Api<T> {
         Ok(out)
     }
 
+    /// Whether any client is bound to `uid`.
     pub fn is_uid_online(&mut self, uid: &str) -> Result<bool, ApiError> {
         Ok(!self.get_client_id_by_uid(uid)?.is_empty())
     }
@@ -350,23 +369,28 @@ impl<T: Transport> Api<T> {
         Ok(unique(rows.iter().filter_map(|(_, r)| r.get(&Key::from_text("uid")).and_then(value_text))))
     }
 
+    /// Number of distinct uids bound in the cluster.
     pub fn get_all_uid_count(&mut self) -> Result<usize, ApiError> {
         Ok(self.get_all_uid_list()?.len())
     }
 
+    /// Uids bound to the clients of `group`.
     pub fn get_uid_list_by_group(&mut self, group: &str) -> Result<Vec<String>, ApiError> {
         let rows = self.select(&["uid"], Some(group))?;
         Ok(unique(rows.iter().filter_map(|(_, r)| r.get(&Key::from_text("uid")).and_then(value_text))))
     }
 
+    /// Number of distinct uids in `group`.
     pub fn get_uid_count_by_group(&mut self, group: &str) -> Result<usize, ApiError> {
         Ok(self.get_uid_list_by_group(group)?.len())
     }
 
+    /// Client ids in `group`.
     pub fn get_client_id_list_by_group(&mut self, group: &str) -> Result<Vec<ClientId>, ApiError> {
         Ok(self.select(&["uid"], Some(group))?.into_iter().map(|(id, _)| id).collect())
     }
 
+    /// Every client id of the cluster.
     pub fn get_all_client_id_list(&mut self) -> Result<Vec<ClientId>, ApiError> {
         Ok(self.select(&["uid"], None)?.into_iter().map(|(id, _)| id).collect())
     }
@@ -396,6 +420,7 @@ impl<T: Transport> Api<T> {
         Ok(map)
     }
 
+    /// Number of uids per group.
     pub fn get_all_group_uid_count(&mut self) -> Result<Vec<(String, usize)>, ApiError> {
         Ok(self.get_all_group_uid_list()?.into_iter().map(|(g, u)| (g, u.len())).collect())
     }
@@ -412,6 +437,7 @@ impl<T: Transport> Api<T> {
         Ok(map)
     }
 
+    /// Number of clients per group.
     pub fn get_all_group_client_id_count(&mut self) -> Result<Vec<(String, usize)>, ApiError> {
         Ok(self.get_all_group_client_id_list()?.into_iter().map(|(g, c)| (g, c.len())).collect())
     }

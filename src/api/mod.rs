@@ -2,11 +2,13 @@
 //! each callback gets (the whole GatewayWorker API), `ClientId`, and the blocking
 //! `GatewayClient` for programs outside the cluster.
 
-pub mod client;
-pub mod client_id;
-pub mod context;
-pub mod gateway;
-pub mod transport;
+#![warn(missing_docs)]
+
+mod client;
+mod client_id;
+pub(crate) mod context;
+mod gateway;
+pub(crate) mod transport;
 
 pub use client::GatewayClient;
 pub use client_id::ClientId;

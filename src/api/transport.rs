@@ -80,7 +80,7 @@ impl<'a> Pkt<'a> {
         packet::encode(out, &self.header, self.ext, self.body);
     }
 
-    pub fn to_vec(&self) -> Vec<u8> {
+    pub fn to_vec(self) -> Vec<u8> {
         let mut v = Vec::with_capacity(packet::HEADER_LEN + self.ext.len() + self.body.len());
         self.encode_into(&mut v);
         v

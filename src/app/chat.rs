@@ -24,7 +24,7 @@ use crate::api::{ApiError, ClientId, Context, Events, Key, Value};
 pub struct Chat;
 
 fn now() -> String {
-    crate::cli::logger::timestamp()
+    crate::logging::timestamp()
 }
 
 fn escape(s: &str) -> String {

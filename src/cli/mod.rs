@@ -2,16 +2,19 @@
 //! `--conf FILE`, `--help`, as workerman users know them, plus the hidden `child` entry the
 //! master uses to exec its children. The CLI finds the master through the pid file.
 
-pub mod daemon;
-pub mod logger;
-pub mod pidfile;
+mod daemon;
+mod pidfile;
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use crate::api::AppFactory;
 use crate::config::{Config, MachineType};
+use crate::logging;
+use crate::master::child::{ChildContract, ChildRole};
 use crate::master::{self, Master};
+use crate::net::listener::Inherited;
+use crate::reactor::signals::send as signal;
 use crate::stats::{Shm, Stats, table};
 
 const USAGE: &str = "Usage: gatewayworker <command> [mode] [--conf FILE]
@@ -30,6 +33,19 @@ Options:
   -q                no start banner
   -h, --help        this text
 ";
+
+/// Exit codes of the command line and of child processes (sysexits.h where one fits).
+mod exit {
+    pub const OK: i32 = 0;
+    /// The command failed (details on stderr or in the log).
+    pub const FAILURE: i32 = 1;
+    /// No master of this configuration runs (workerman's `not run`).
+    pub const NOT_RUNNING: i32 = 3;
+    /// Bad command line (EX_USAGE).
+    pub const USAGE: i32 = 64;
+    /// Bad configuration (EX_CONFIG).
+    pub const CONFIG: i32 = 78;
+}
 
 /// Parsed command line.
 #[derive(Debug, Default)]
@@ -65,23 +81,23 @@ fn parse(argv: &[String]) -> Result<Args, String> {
 /// Run the command line; returns the process exit code.
 pub fn main(apps: AppFactory) -> i32 {
     let argv: Vec<String> = std::env::args().skip(1).collect();
+    if argv.first().is_some_and(|a| a == "child") {
+        return child(&argv[1..], apps);
+    }
     let args = match parse(&argv) {
         Ok(a) => a,
         Err(e) => {
             eprintln!("{e}\n\n{USAGE}");
-            return 64;
+            return exit::USAGE;
         }
     };
-    if args.command == "child" {
-        return child(&args, apps);
-    }
     let conf = master::absolute(&default_conf(args.conf.clone()));
     match args.command.as_str() {
         "start" => start(&conf, &args, apps),
         "stop" => stop(&conf, args.graceful),
         "restart" => {
             let code = stop(&conf, args.graceful);
-            if code != 0 && code != 3 {
+            if code != exit::OK && code != exit::NOT_RUNNING {
                 return code;
             }
             start(&conf, &args, apps)
@@ -91,15 +107,15 @@ pub fn main(apps: AppFactory) -> i32 {
         "connections" => connections(&conf),
         "help" => {
             print!("{USAGE}");
-            0
+            exit::OK
         }
         "" => {
             eprint!("{USAGE}");
-            64
+            exit::USAGE
         }
         other => {
             eprintln!("unknown command {other:?}\n\n{USAGE}");
-            64
+            exit::USAGE
         }
     }
 }
@@ -127,7 +143,7 @@ fn default_conf(given: Option<PathBuf>) -> PathBuf {
 fn load(conf: &Path) -> Result<Config, i32> {
     Config::load(conf).map_err(|e| {
         eprintln!("{e}");
-        78
+        exit::CONFIG
     })
 }
 
@@ -151,7 +167,7 @@ fn running(conf: &Path) -> Result<(Config, String, u32), i32> {
         Some(pid) => Ok((cfg, title, pid)),
         None => {
             eprintln!("{title} not run");
-            Err(3)
+            Err(exit::NOT_RUNNING)
         }
     }
 }
@@ -161,14 +177,38 @@ fn title(conf: &Path) -> String {
 }
 
 fn start(conf: &Path, args: &Args, apps: AppFactory) -> i32 {
-    let cfg = match load(conf) {
-        Ok(c) => c,
+    let (cfg, title, m) = match prepare(conf, args, apps) {
+        Ok(r) => r,
         Err(code) => return code,
     };
+    let banner = banner(&title, &cfg, &m, args.daemon);
+    let setup =
+        if args.daemon { daemonize(&cfg, &title, &banner, args) } else { foreground(&cfg, &banner, args) };
+    if let Some(code) = setup {
+        return code;
+    }
+    set_process_name("gw-master");
+    log::info!("{title} start: master pid {}", std::process::id());
+    let code = match m.run() {
+        Ok(()) => exit::OK,
+        Err(e) => {
+            log::error!("master loop failed: {e}");
+            exit::FAILURE
+        }
+    };
+    pidfile::remove(&cfg.pid_file);
+    log::info!("{title} has been stopped");
+    code
+}
+
+/// Load the config, refuse a second master or an unknown application, bind: the config, the
+/// title and the master ready to run, or the exit code.
+fn prepare(conf: &Path, args: &Args, apps: AppFactory) -> Result<(Config, String, Master), i32> {
+    let cfg = load(conf)?;
     let title = title(conf);
     if let Some(pid) = running_master(&cfg) {
         eprintln!("{title} already running (master pid {pid})");
-        return 1;
+        return Err(exit::FAILURE);
     }
     if let Some(w) = cfg.worker.as_ref().filter(|_| cfg.machine_type != MachineType::Master)
         && apps(&w.app).is_none()
@@ -178,74 +218,61 @@ fn start(conf: &Path, args: &Args, apps: AppFactory) -> i32 {
             conf.display(),
             w.app
         );
-        return 78;
+        return Err(exit::CONFIG);
     }
-    let exe = match program_path() {
-        Ok(p) => p,
+    let exe = program_path().map_err(|e| {
+        eprintln!("cannot find this program's path: {e}");
+        exit::FAILURE
+    })?;
+    let m = Master::new(cfg.clone(), conf.to_path_buf(), exe, args.daemon).map_err(|e| {
+        eprintln!("{e}");
+        exit::FAILURE
+    })?;
+    Ok((cfg, title, m))
+}
+
+/// Become a daemon. `Some(code)`: this process is the command and exits with `code` once the
+/// daemon reported; `None`: this process is the daemon and goes on as the master.
+fn daemonize(cfg: &Config, title: &str, banner: &str, args: &Args) -> Option<i32> {
+    match daemon::detach(&cfg.stdout_file) {
+        Ok(daemon::Side::Parent(Ok(()))) => {
+            if !args.quiet {
+                print!("{banner}");
+            }
+            Some(exit::OK)
+        }
+        Ok(daemon::Side::Parent(Err(e))) => {
+            eprintln!("{title} start failed: {e}");
+            Some(exit::FAILURE)
+        }
+        Ok(daemon::Side::Daemon(reporter)) => {
+            logging::init("master", Some(cfg.log_file.clone()));
+            if let Err(e) = pidfile::write(&cfg.pid_file) {
+                reporter.fail(&format!("cannot write pid file {}: {e}", cfg.pid_file.display()));
+                return Some(exit::FAILURE);
+            }
+            reporter.ok();
+            None
+        }
         Err(e) => {
-            eprintln!("cannot find this program's path: {e}");
-            return 1;
-        }
-    };
-    let m = match Master::new(cfg.clone(), conf.to_path_buf(), exe, args.daemon) {
-        Ok(m) => m,
-        Err(e) => {
-            eprintln!("{e}");
-            return 1;
-        }
-    };
-    let banner = banner(&title, &cfg, &m, args.daemon);
-    if args.daemon {
-        match daemon::detach(&cfg.stdout_file) {
-            Ok(daemon::Side::Parent(report)) => {
-                return match report {
-                    Ok(()) => {
-                        if !args.quiet {
-                            print!("{banner}");
-                        }
-                        0
-                    }
-                    Err(e) => {
-                        eprintln!("{title} start failed: {e}");
-                        1
-                    }
-                };
-            }
-            Ok(daemon::Side::Daemon(reporter)) => {
-                logger::init("master", Some(cfg.log_file.clone()));
-                if let Err(e) = pidfile::write(&cfg.pid_file) {
-                    reporter.fail(&format!("cannot write pid file {}: {e}", cfg.pid_file.display()));
-                    return 1;
-                }
-                reporter.ok();
-            }
-            Err(e) => {
-                eprintln!("cannot become a daemon: {e}");
-                return 1;
-            }
-        }
-    } else {
-        logger::init("master", None);
-        if let Err(e) = pidfile::write(&cfg.pid_file) {
-            eprintln!("cannot write pid file {}: {e}", cfg.pid_file.display());
-            return 1;
-        }
-        if !args.quiet {
-            print!("{banner}");
+            eprintln!("cannot become a daemon: {e}");
+            Some(exit::FAILURE)
         }
     }
-    set_process_name("gw-master");
-    log::info!("{title} start: master pid {}", std::process::id());
-    let code = match m.run() {
-        Ok(code) => code,
-        Err(e) => {
-            log::error!("master loop failed: {e}");
-            1
-        }
-    };
-    pidfile::remove(&cfg.pid_file);
-    log::info!("{title} has been stopped");
-    code
+}
+
+/// Stay in the foreground: log to the terminal, write the pid file, print the banner.
+/// `Some(code)` when that fails.
+fn foreground(cfg: &Config, banner: &str, args: &Args) -> Option<i32> {
+    logging::init("master", None);
+    if let Err(e) = pidfile::write(&cfg.pid_file) {
+        eprintln!("cannot write pid file {}: {e}", cfg.pid_file.display());
+        return Some(exit::FAILURE);
+    }
+    if !args.quiet {
+        print!("{banner}");
+    }
+    None
 }
 
 fn banner(title: &str, cfg: &Config, m: &Master, daemon: bool) -> String {
@@ -279,7 +306,7 @@ fn stop(conf: &Path, graceful: bool) -> i32 {
         Err(code) => return code,
     };
     println!("{title} is stopping ...");
-    master::signal(pid, if graceful { libc::SIGQUIT } else { libc::SIGINT });
+    signal(pid, if graceful { libc::SIGQUIT } else { libc::SIGINT });
     let limit = if graceful {
         cfg.stop_timeout + cfg.reload_timeout + Duration::from_secs(10)
     } else {
@@ -289,12 +316,12 @@ fn stop(conf: &Path, graceful: bool) -> i32 {
     while pidfile::is_our_master(pid) {
         if Instant::now() >= until {
             eprintln!("{title} stop fail");
-            return 1;
+            return exit::FAILURE;
         }
         std::thread::sleep(Duration::from_millis(20));
     }
     println!("{title} stop success");
-    0
+    exit::OK
 }
 
 /// SIGUSR1, then wait for the master to report the reload done or aborted.
@@ -305,22 +332,22 @@ fn reload(conf: &Path) -> i32 {
     };
     let shm = Shm::open(&cfg.stats_path(), false).ok();
     let before = shm.as_ref().map(|s| table::snapshot(s).reloads);
-    master::signal(pid, libc::SIGUSR1);
+    signal(pid, libc::SIGUSR1);
     let (Some(shm), Some(before)) = (shm, before) else {
         println!("{title} reload signal sent");
-        return 0;
+        return exit::OK;
     };
     let workers = cfg.worker.as_ref().map_or(1, |w| w.count as u32);
     let until = Instant::now() + cfg.reload_timeout * 2 * workers.max(1) + Duration::from_secs(5);
     while Instant::now() < until {
         if table::snapshot(&shm).reloads > before {
             println!("{title} reload done");
-            return 0;
+            return exit::OK;
         }
         std::thread::sleep(Duration::from_millis(20));
     }
     eprintln!("{title} reload did not complete; see the log ({})", cfg.log_file.display());
-    1
+    exit::FAILURE
 }
 
 fn status(conf: &Path, args: &Args) -> i32 {
@@ -332,12 +359,12 @@ fn status(conf: &Path, args: &Args) -> i32 {
         Ok(s) => s,
         Err(e) => {
             eprintln!("cannot read statistics {}: {e}", cfg.stats_path().display());
-            return 1;
+            return exit::FAILURE;
         }
     };
     if args.json {
         println!("{}", table::render_json(&table::snapshot(&shm)));
-        return 0;
+        return exit::OK;
     }
     loop {
         let first = table::snapshot(&shm);
@@ -353,10 +380,10 @@ fn status(conf: &Path, args: &Args) -> i32 {
             print!("\x1b[H\x1b[2J\x1b(B\x1b[m{out}\nPress Ctrl+C to quit.\n");
         } else {
             print!("{title} status\n{out}");
-            return 0;
+            return exit::OK;
         }
         if running_master(&cfg).is_none() {
-            return 0;
+            return exit::OK;
         }
     }
 }
@@ -369,74 +396,67 @@ fn connections(conf: &Path) -> i32 {
     match crate::stats::conns::collect(&cfg, pid) {
         Ok(text) => {
             print!("{text}");
-            0
+            exit::OK
         }
         Err(e) => {
             eprintln!("{title} connections: {e}");
-            1
+            exit::FAILURE
         }
     }
 }
 
-/// `child <role> --conf F --group G --id N`: a process spawned by the master.
-fn child(args: &Args, apps: AppFactory) -> i32 {
-    let role = args.rest.first().cloned().unwrap_or_default();
-    let num = |flag: &str| -> usize {
-        args.rest
-            .iter()
-            .position(|a| a == flag)
-            .and_then(|i| args.rest.get(i + 1))
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(0)
-    };
-    let (group, id) = (num("--group"), num("--id") as u16);
-    let Some(conf) = args.conf.clone() else {
-        eprintln!("child: --conf missing");
-        return 64;
-    };
-    let cfg = match Config::load(&conf) {
+/// `child <role> --conf F --group G --id N`: a process spawned by the master, which parses
+/// its contract once; a bad one is reported and the child exits.
+fn child(argv: &[String], apps: AppFactory) -> i32 {
+    let contract = match ChildContract::from_process(argv) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("{e}");
-            return 78;
+            return exit::USAGE;
         }
     };
-    let tag = if role == "register" || role == "http" { role.clone() } else { format!("{role}[{id}]") };
-    logger::init(&tag, std::env::var_os("GW_LOG_FILE").map(PathBuf::from));
+    let cfg = match Config::load(&contract.conf) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("{e}");
+            return exit::CONFIG;
+        }
+    };
+    let tag = contract.tag();
+    logging::init(&tag, contract.log_file.clone());
     set_process_name(&format!("gw-{tag}"));
-    match run_child(&cfg, &role, group, id, apps) {
-        Ok(()) => 0,
+    match run_child(&cfg, contract, apps) {
+        Ok(()) => exit::OK,
         Err(e) => {
             log::error!("{tag} failed: {e}");
-            1
+            exit::FAILURE
         }
     }
 }
 
-fn run_child(cfg: &Config, role: &str, group: usize, id: u16, apps: AppFactory) -> std::io::Result<()> {
-    let stats = Stats::attach(&cfg.stats_path())?;
-    let mut inherited = crate::net::listener::Inherited::from_env()?;
-    match role {
-        "register" => crate::register::run(cfg, inherited.take_tcp("register")?, stats),
-        "gateway" => {
-            if group >= cfg.gateways.len() {
-                return Err(std::io::Error::other(format!("no gateway group {group}")));
+fn run_child(cfg: &Config, c: ChildContract, apps: AppFactory) -> std::io::Result<()> {
+    let stats = Stats::attach(&cfg.stats_path(), c.slot)?;
+    let mut inherited = Inherited::adopt(c.fds);
+    match c.role {
+        ChildRole::Register => crate::register::run(cfg, inherited.take_tcp("register")?, stats),
+        ChildRole::Gateway => {
+            if c.group >= cfg.gateways.len() {
+                return Err(std::io::Error::other(format!("no gateway group {}", c.group)));
             }
             let listeners = crate::gateway::Listeners {
                 public: inherited.take_tcp("public")?,
                 inner_tcp: inherited.take_tcp("inner_tcp")?,
                 inner_unix: inherited.take_unix("inner_unix")?,
             };
-            crate::gateway::run(cfg, group, id, listeners, stats)
+            crate::gateway::run(cfg, c.group, c.id, listeners, stats)
         }
-        "worker" => {
+        ChildRole::Worker => {
             let name = cfg.worker.as_ref().map(|w| w.app.clone()).unwrap_or_default();
             let app =
                 apps(&name).ok_or_else(|| std::io::Error::other(format!("unknown application {name:?}")))?;
-            crate::worker::run(cfg, id, app, stats)
+            crate::worker::run(cfg, c.id, c.generation, app, stats)
         }
-        "http" => crate::http::run(cfg, inherited.take_tcp("http")?, stats),
-        other => Err(std::io::Error::other(format!("unknown role {other:?}"))),
+        ChildRole::Http => crate::http::run(cfg, inherited.take_tcp("http")?, stats),
     }
 }
 

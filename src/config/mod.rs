@@ -10,10 +10,7 @@ use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-pub use raw::ENV_KEYS;
-pub use secret::{
-    Guarded, MIN_SECRET_LEN, SECRET_ENV, Warning, check_exposed_secret, is_loopback, short_secret_warning,
-};
+pub use secret::Warning;
 
 /// Which roles run on this machine.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -107,11 +104,15 @@ pub struct WorkerConf {
     pub count: u16,
     /// Which bundled application runs (`chat`, `echo`, ...).
     pub app: String,
+    // Parsed and checked, but nothing reads it: the key has no effect.
+    #[allow(dead_code)]
     pub send_to_gateway_buffer_size: usize,
     /// Blocking queries give up after this long.
     pub query_timeout: Duration,
     /// Keep websocket binary frames binary end to end (our extension; off = GatewayWorker's
     /// behaviour, everything is sent as text frames unless the app says binary).
+    // Parsed and checked, but nothing reads it: the key has no effect.
+    #[allow(dead_code)]
     pub binary_passthrough: bool,
 }
 
@@ -154,6 +155,8 @@ pub struct Config {
     /// differs from it behind NAT or in a container.
     pub advertise_ip: Ipv4Addr,
     pub register_address: Vec<SocketAddrV4>,
+    // Decides TLS while parsing; nothing reads it afterwards.
+    #[allow(dead_code)]
     pub production: bool,
     pub secret_key: String,
     pub run_dir: PathBuf,

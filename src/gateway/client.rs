@@ -138,7 +138,7 @@ pub struct Client {
     /// Groups in join order; `None` until the first join (PHP's unset property).
     pub groups: Option<Vec<Box<[u8]>>>,
     pub route: Option<Route>,
-    /// Heartbeat counter (GatewayWorker's `pingNotResponseCount`): -1 after every message.
+    /// Heartbeat counter (`docs/protocol.md` §6): -1 after every message.
     pub ping: i32,
     /// Second (of the gateway's coarse clock) of the last message, for the idle timeout.
     pub last_active: u32,

@@ -1,5 +1,5 @@
-//! Executing what business workers and GatewayClients send to a gateway (GatewayWorker's
-//! commands): sends, closes, sessions, uid/group changes, worker registration; queries are
+//! Executing what business workers and GatewayClients send to a gateway (`docs/protocol.md`
+//! §3): sends, closes, sessions, uid/group changes, worker registration; queries are
 //! answered by `queries`.
 
 use std::borrow::Cow;

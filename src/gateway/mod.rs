@@ -1,7 +1,7 @@
 //! A gateway process: holds client connections (websocket, wss, text, frame), forwards every
 //! client event to one business worker (sticky, least connections) and executes the
 //! commands and queries workers and GatewayClients send on its inner port / Unix socket.
-//! It runs no business code.
+//! It runs no business code (`docs/architecture.md`).
 //!
 //! The state is in parts, each a type with its own methods: `Clients` (the client table:
 //! connections, protocol state, session, uid, groups, route and counters of each client, by
@@ -40,11 +40,11 @@ use mio::net::{TcpListener, UnixListener};
 use mio::{Interest, Token};
 use tungstenite::protocol::WebSocketConfig;
 
-use crate::cli::logger::{OncePerPeer, Throttle};
 use crate::config::{Config, GatewayConf, GatewayLimits, Proto};
+use crate::discovery::RegisterLinks;
+use crate::logging::{OncePerPeer, Throttle};
 use crate::net::websocket;
 use crate::reactor::{Ctx, Reactor, Ready, Service};
-use crate::register::links::RegisterLinks;
 use crate::stats::conns::{self, ConnInfo};
 use crate::stats::{Slot, State, Stats};
 use crate::wire::register as lines;
@@ -182,7 +182,7 @@ pub fn run(cfg: &Config, group: usize, id: u16, listeners: Listeners, stats: Sta
         None => None,
     };
     let mut reactor = Reactor::new()?;
-    reactor.watch_signals(&crate::master::CHILD_SIGNALS)?;
+    reactor.watch_signals(&crate::reactor::signals::CHILD_SIGNALS)?;
     let mut gw = Gateway::new(cfg, g, id, listeners, tls, stats);
     {
         let mut cx = reactor.ctx();
@@ -343,13 +343,13 @@ impl Service for Gateway {
     fn on_signal(&mut self, cx: &mut Ctx<'_, Timer>, signal: i32) {
         match signal {
             libc::SIGQUIT => self.begin_stop(cx, true),
-            libc::SIGUSR1 | libc::SIGUSR2 => crate::cli::logger::reopen(),
+            libc::SIGUSR1 | libc::SIGUSR2 => crate::logging::reopen(),
             libc::SIGIO => {
                 if let Err(e) = conns::dump(&self.settings.run_dir, &self.me.name, &self.connections()) {
                     warn!("gateway: cannot write the connection list: {e}");
                 }
             }
-            s if crate::master::is_stop_signal(s) => self.begin_stop(cx, false),
+            s if crate::reactor::signals::is_stop_signal(s) => self.begin_stop(cx, false),
             _ => {}
         }
     }

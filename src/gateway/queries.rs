@@ -1,5 +1,5 @@
 //! Answers to query commands, byte for byte as GatewayWorker serializes them
-//! (PHP `serialize`). The caller frames them as `u32_be(len) ‖ payload`.
+//! (`docs/protocol.md` §3-4). The caller frames them as `u32_be(len) ‖ payload`.
 
 use serde_json::Value as Json;
 

@@ -23,8 +23,7 @@ impl Gateway {
         })
     }
 
-    /// One heartbeat tick, as GatewayWorker's `ping` timer: count silence, close the clients
-    /// over the limit, send `ping_data` to the others.
+    /// The heartbeat of `docs/protocol.md` §6, one tick.
     pub(super) fn heartbeat(&mut self) {
         let limit = self.settings.ping_limit as i32;
         let mut expired = Vec::new();

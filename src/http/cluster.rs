@@ -111,7 +111,7 @@ impl Cluster {
             .links
             .iter()
             .map(|(k, l)| {
-                let (local, remote) = crate::stats::conns::addrs(&l.io);
+                let (local, remote) = crate::net::io::addrs(&l.io);
                 ConnInfo {
                     id: (LINKS + k) as u64,
                     protocol: "GatewayProtocol",

@@ -90,7 +90,7 @@ pub struct Server {
 pub fn run(cfg: &Config, listener: TcpListener, stats: Stats) -> io::Result<()> {
     let conf = cfg.http.clone().ok_or_else(|| io::Error::other("no [http] section"))?;
     let mut reactor = Reactor::new()?;
-    reactor.watch_signals(&crate::master::CHILD_SIGNALS)?;
+    reactor.watch_signals(&crate::reactor::signals::CHILD_SIGNALS)?;
     let local = LocalGateways { lan_ip: cfg.advertise_ip, run_dir: cfg.run_dir.clone() };
     let mut s = Server {
         listener,
@@ -663,9 +663,9 @@ impl Service for Server {
 
     fn on_signal(&mut self, _cx: &mut Ctx<'_, Timer>, signal: i32) {
         match signal {
-            libc::SIGUSR1 | libc::SIGUSR2 => crate::cli::logger::reopen(),
+            libc::SIGUSR1 | libc::SIGUSR2 => crate::logging::reopen(),
             libc::SIGIO => self.dump_connections(),
-            s if crate::master::is_stop_signal(s) || s == libc::SIGQUIT => self.stop = true,
+            s if crate::reactor::signals::is_stop_signal(s) || s == libc::SIGQUIT => self.stop = true,
             _ => {}
         }
     }

@@ -3,11 +3,13 @@
 //! workers, re-spawns a child that dies (same slot, same listeners, with backoff), reloads
 //! business workers new-before-old, and stops everything. It never touches client traffic.
 
+pub mod child;
 mod reload;
 mod spawn;
 
 use std::io;
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::net::SocketAddr;
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -15,25 +17,31 @@ use log::{error, info, warn};
 use mio::Token;
 use slab::Slab;
 
-use crate::config::{Config, MachineType};
+use child::{ChildContract, ChildRole};
+
+use crate::config::{Config, ConfigError, MachineType};
 use crate::net::listener::{bind_tcp, bind_unix};
+use crate::reactor::signals::{is_stop_signal, send as signal};
 use crate::reactor::{Ctx, Reactor, Ready, Service};
 use crate::stats::{Role, Shm, Slot, State};
 
-pub use spawn::{describe, signal};
-
-/// Signals every child handles (through its reactor).
-pub const CHILD_SIGNALS: [i32; 7] =
-    [libc::SIGINT, libc::SIGTERM, libc::SIGHUP, libc::SIGQUIT, libc::SIGUSR1, libc::SIGUSR2, libc::SIGIO];
+use spawn::describe;
 
 /// Signals the master handles.
 const MASTER_SIGNALS: [i32; 7] =
     [libc::SIGCHLD, libc::SIGINT, libc::SIGTERM, libc::SIGHUP, libc::SIGQUIT, libc::SIGUSR1, libc::SIGUSR2];
 
-/// SIGINT, SIGTERM, SIGHUP: stop now (workerman's table).
-pub fn is_stop_signal(sig: i32) -> bool {
-    matches!(sig, libc::SIGINT | libc::SIGTERM | libc::SIGHUP)
-}
+/// A stop goes in this order, each stage once the one before has exited, so no process sees
+/// a peer close on it and logs it: business workers and the HTTP process, gateways, the
+/// register.
+const STOP_ORDER: [fn(&Kind) -> bool; 3] = [
+    |k| matches!(k, Kind::Worker { .. } | Kind::Http),
+    |k| matches!(k, Kind::Gateway { .. }),
+    |k| matches!(k, Kind::Register),
+];
+
+/// The master's own row in the statistics region; children's rows follow.
+const MASTER_SLOT: usize = 0;
 
 /// A child that did not live this long before dying counts as a failed start.
 const MIN_LIFETIME: Duration = Duration::from_secs(1);
@@ -69,6 +77,14 @@ pub struct Proc {
     pub generation: u64,
 }
 
+/// A process-table entry's names: statistics role, command line role, name, listen address.
+struct Names {
+    role: Role,
+    child: ChildRole,
+    name: String,
+    listen: String,
+}
+
 /// Listening sockets owned by the master.
 struct Listeners {
     register: Option<OwnedFd>,
@@ -92,7 +108,8 @@ enum Phase {
     Running,
     /// Graceful stop, first step: business workers drain.
     StoppingWorkers,
-    Stopping,
+    /// Stopping the processes of `STOP_ORDER[stage]`.
+    Stopping(usize),
     Done,
 }
 
@@ -107,7 +124,8 @@ pub struct Master {
     phase: Phase,
     reload: reload::Reload,
     generation: u64,
-    child_env: Vec<(String, String)>,
+    /// The log file children write to (daemon mode); `None`: they log to the terminal.
+    child_log: Option<PathBuf>,
     kill_at: Option<Instant>,
 }
 
@@ -121,56 +139,82 @@ fn bind_hint(e: &io::Error) -> &'static str {
     }
 }
 
+/// Why the master cannot start.
+#[derive(Debug)]
+pub enum StartError {
+    /// A listener, the run directory or the TLS files: names the key to fix.
+    Config(ConfigError),
+    /// A run file cannot be created: (what, the error).
+    Io(String, io::Error),
+}
+
+impl std::fmt::Display for StartError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            StartError::Config(e) => e.fmt(f),
+            StartError::Io(what, e) => write!(f, "cannot create {what}: {e}"),
+        }
+    }
+}
+
+impl std::error::Error for StartError {}
+
+/// A config error about `key` of `cfg`'s file.
+fn key_error(cfg: &Config, key: String, problem: String, fix: String) -> StartError {
+    StartError::Config(ConfigError { file: cfg.file.clone(), key, problem, fix })
+}
+
+/// Bind `addr` for config key `key`.
+fn bind_key(
+    cfg: &Config,
+    key: String,
+    addr: SocketAddr,
+    what: &str,
+    fix: &str,
+) -> Result<OwnedFd, StartError> {
+    bind_tcp(addr).map_err(|e| {
+        key_error(cfg, key, format!("cannot listen on {what}{addr}: {e}"), format!("{}{fix}", bind_hint(&e)))
+    })
+}
+
 /// Bind every listener of `cfg`; errors name the config key to fix.
-fn bind_all(cfg: &Config) -> Result<Listeners, String> {
+fn bind_all(cfg: &Config) -> Result<Listeners, StartError> {
     let mut l = Listeners { register: None, public: Vec::new(), inner: Vec::new(), http: None };
-    let file = cfg.file.display();
     if let Some(h) = &cfg.http {
-        l.http = Some(bind_tcp(h.listen).map_err(|e| {
-            format!(
-                "config error in {file}: key `http.listen`: cannot listen on {}: {e} (fix: {})",
-                h.listen,
-                bind_hint(&e)
-            )
-        })?);
+        l.http = Some(bind_key(cfg, "http.listen".into(), h.listen, "", "")?);
     }
     if cfg.machine_type == MachineType::Worker {
         return Ok(l);
     }
     if let Some(r) = &cfg.register {
-        l.register = Some(bind_tcp(r.listen).map_err(|e| {
-            format!(
-                "config error in {file}: key `register.listen`: cannot listen on {}: {e} (fix: {})",
-                r.listen,
-                bind_hint(&e)
-            )
-        })?);
+        l.register = Some(bind_key(cfg, "register.listen".into(), r.listen, "", "")?);
     }
     std::fs::create_dir_all(&cfg.run_dir).map_err(|e| {
-        format!("config error in {file}: key `run_dir`: cannot create {}: {e}", cfg.run_dir.display())
+        key_error(
+            cfg,
+            "run_dir".into(),
+            format!("cannot create {}: {e}", cfg.run_dir.display()),
+            String::new(),
+        )
     })?;
     for (gi, g) in cfg.gateways.iter().enumerate() {
         if let Some(t) = &g.tls {
             // Fail at start, in the terminal, rather than in every gateway child.
-            crate::net::tls::server_config(&t.cert, &t.key)
-                .map_err(|e| format!("config error in {file}: key `tls`: {e} (fix: set [tls] cert and key to readable PEM files, or stage_mode = \"dev\")"))?;
+            crate::net::tls::server_config(&t.cert, &t.key).map_err(|e| {
+                let fix = "set [tls] cert and key to readable PEM files, or stage_mode = \"dev\"";
+                key_error(cfg, "tls".into(), e.to_string(), fix.into())
+            })?;
         }
-        l.public.push(bind_tcp(g.listen).map_err(|e| {
-            format!(
-                "config error in {file}: key `gateway[{gi}].listen`: cannot listen on {}: {e} (fix: {})",
-                g.listen,
-                bind_hint(&e)
-            )
-        })?);
+        l.public.push(bind_key(cfg, format!("gateway[{gi}].listen"), g.listen, "", "")?);
         for id in 0..g.count {
             let port = g.start_port + id;
-            let addr = std::net::SocketAddr::new(std::net::IpAddr::V4(cfg.lan_ip), port);
-            let tcp = bind_tcp(addr).map_err(|e| {
-                format!("config error in {file}: key `gateway[{gi}].start_port`: cannot listen on inner port {addr}: {e} (fix: {}; inner ports listen on lan_ip)", bind_hint(&e))
-            })?;
+            let addr = SocketAddr::new(std::net::IpAddr::V4(cfg.lan_ip), port);
+            let key = format!("gateway[{gi}].start_port");
+            let tcp = bind_key(cfg, key, addr, "inner port ", "; inner ports listen on lan_ip")?;
             let path = cfg.inner_socket_path(port);
             let unix = bind_unix(&path).map_err(|e| {
-                format!("config error in {file}: key `run_dir`: cannot create socket {}: {e}", path.display())
+                let problem = format!("cannot create socket {}: {e}", path.display());
+                key_error(cfg, "run_dir".into(), problem, String::new())
             })?;
             l.inner.push((tcp, unix, path));
         }
@@ -178,44 +222,47 @@ fn bind_all(cfg: &Config) -> Result<Listeners, String> {
     Ok(l)
 }
 
-impl Master {
-    /// Bind, create the statistics region, build the process table. Nothing is spawned yet.
-    pub fn new(cfg: Config, conf: PathBuf, exe: PathBuf, daemon: bool) -> Result<Master, String> {
-        let listeners = bind_all(&cfg)?;
-        std::fs::create_dir_all(&cfg.run_dir)
-            .map_err(|e| format!("cannot create run_dir {}: {e}", cfg.run_dir.display()))?;
-        let mut procs = Vec::new();
-        if cfg.machine_type != MachineType::Worker {
-            procs.push(Kind::Register);
-            let mut fds = 0;
-            for (gi, g) in cfg.gateways.iter().enumerate() {
-                for id in 0..g.count {
-                    procs.push(Kind::Gateway { group: gi, id, fds });
-                    fds += 1;
-                }
+/// The processes this machine runs, and how many of them are business workers.
+fn process_kinds(cfg: &Config) -> (Vec<Kind>, u16) {
+    let mut procs = Vec::new();
+    if cfg.machine_type != MachineType::Worker {
+        procs.push(Kind::Register);
+        let mut fds = 0;
+        for (gi, g) in cfg.gateways.iter().enumerate() {
+            for id in 0..g.count {
+                procs.push(Kind::Gateway { group: gi, id, fds });
+                fds += 1;
             }
         }
-        let workers = if cfg.machine_type == MachineType::Master {
-            0
-        } else {
-            cfg.worker.as_ref().map_or(0, |w| w.count)
-        };
-        for id in 0..workers {
-            procs.push(Kind::Worker { id });
-        }
-        if cfg.http.is_some() {
-            procs.push(Kind::Http);
-        }
+    }
+    let workers =
+        if cfg.machine_type == MachineType::Master { 0 } else { cfg.worker.as_ref().map_or(0, |w| w.count) };
+    for id in 0..workers {
+        procs.push(Kind::Worker { id });
+    }
+    if cfg.http.is_some() {
+        procs.push(Kind::Http);
+    }
+    (procs, workers)
+}
+
+impl Master {
+    /// Bind, create the statistics region, build the process table. Nothing is spawned yet.
+    pub fn new(cfg: Config, conf: PathBuf, exe: PathBuf, daemon: bool) -> Result<Master, StartError> {
+        let listeners = bind_all(&cfg)?;
+        std::fs::create_dir_all(&cfg.run_dir)
+            .map_err(|e| StartError::Io(format!("run_dir {}", cfg.run_dir.display()), e))?;
+        let (procs, workers) = process_kinds(&cfg);
         // Slot 0: master; one per process; spares for reload replacements.
         let slots = 1 + procs.len() + workers as usize + 1;
         let shm = Shm::create(&cfg.stats_path(), slots)
-            .map_err(|e| format!("cannot create statistics file {}: {e}", cfg.stats_path().display()))?;
+            .map_err(|e| StartError::Io(format!("statistics file {}", cfg.stats_path().display()), e))?;
         let h = shm.header();
         h.master_pid.store(std::process::id(), std::sync::atomic::Ordering::Relaxed);
         h.daemon.store(daemon as u32, std::sync::atomic::Ordering::Relaxed);
         h.empty_secret_exposed
             .store(cfg.exposed_without_secret() as u32, std::sync::atomic::Ordering::Relaxed);
-        if let Some(s) = shm.slot(0) {
+        if let Some(s) = shm.slot(MASTER_SLOT) {
             s.claim(Role::Master, 0, "master", "none");
             s.pid.store(std::process::id(), std::sync::atomic::Ordering::Relaxed);
             s.set_state(State::Ready);
@@ -234,10 +281,7 @@ impl Master {
         }
         let procs = table;
         let free_slots = (procs.len() + 1..slots).rev().collect();
-        let mut child_env = Vec::new();
-        if daemon {
-            child_env.push(("GW_LOG_FILE".to_string(), cfg.log_file.display().to_string()));
-        }
+        let child_log = daemon.then(|| cfg.log_file.clone());
         Ok(Master {
             cfg,
             conf,
@@ -249,7 +293,7 @@ impl Master {
             phase: Phase::Running,
             reload: reload::Reload::default(),
             generation: 0,
-            child_env,
+            child_log,
             kill_at: None,
         })
     }
@@ -278,8 +322,8 @@ impl Master {
         rows
     }
 
-    /// Run until everything stopped. Returns the process exit code.
-    pub fn run(mut self) -> io::Result<i32> {
+    /// Run until everything stopped.
+    pub fn run(mut self) -> io::Result<()> {
         self.cfg.warnings.iter().for_each(|w| warn!("{}", w.text));
         let mut reactor = Reactor::new()?;
         reactor.watch_signals(&MASTER_SIGNALS)?;
@@ -293,34 +337,45 @@ impl Master {
         }
         reactor.run(&mut self)?;
         self.cleanup();
-        Ok(0)
+        Ok(())
     }
 
-    fn names(&self, kind: Kind) -> (Role, &'static str, String, String) {
+    /// How process-table entry `kind` is named in the statistics, on its command line and in
+    /// the log.
+    fn names(&self, kind: Kind) -> Names {
         match kind {
-            Kind::Register => {
-                let listen =
-                    self.cfg.register.as_ref().map(|r| format!("text://{}", r.listen)).unwrap_or_default();
-                (Role::Register, "register", "Register".into(), listen)
-            }
+            Kind::Register => Names {
+                role: Role::Register,
+                child: ChildRole::Register,
+                name: "Register".into(),
+                listen: self
+                    .cfg
+                    .register
+                    .as_ref()
+                    .map(|r| format!("text://{}", r.listen))
+                    .unwrap_or_default(),
+            },
             Kind::Gateway { group, .. } => {
                 let g = &self.cfg.gateways[group];
-                (
-                    Role::Gateway,
-                    "gateway",
-                    g.name.clone(),
-                    format!("{}://{}", g.proto.scheme(g.tls.is_some()), g.listen),
-                )
+                Names {
+                    role: Role::Gateway,
+                    child: ChildRole::Gateway,
+                    name: g.name.clone(),
+                    listen: format!("{}://{}", g.proto.scheme(g.tls.is_some()), g.listen),
+                }
             }
-            Kind::Worker { .. } => {
-                let name = self.cfg.worker.as_ref().map(|w| w.name.clone()).unwrap_or_default();
-                (Role::Worker, "worker", name, "none".into())
-            }
-            Kind::Http => {
-                let listen =
-                    self.cfg.http.as_ref().map(|h| format!("http://{}", h.listen)).unwrap_or_default();
-                (Role::Http, "http", "Http".into(), listen)
-            }
+            Kind::Worker { .. } => Names {
+                role: Role::Worker,
+                child: ChildRole::Worker,
+                name: self.cfg.worker.as_ref().map(|w| w.name.clone()).unwrap_or_default(),
+                listen: "none".into(),
+            },
+            Kind::Http => Names {
+                role: Role::Http,
+                child: ChildRole::Http,
+                name: "Http".into(),
+                listen: self.cfg.http.as_ref().map(|h| format!("http://{}", h.listen)).unwrap_or_default(),
+            },
         }
     }
 
@@ -334,7 +389,7 @@ impl Master {
                 true
             }
             Err(e) => {
-                let (_, _, name, _) = self.names(self.procs[i].kind);
+                let name = self.names(self.procs[i].kind).name;
                 error!("cannot start {name} from {}: {e}", self.exe.display());
                 self.schedule_respawn(cx, i);
                 false
@@ -344,44 +399,45 @@ impl Master {
 
     fn spawn_proc(&self, i: usize) -> io::Result<u32> {
         let p = &self.procs[i];
-        let (role, role_arg, name, listen) = self.names(p.kind);
+        let names = self.names(p.kind);
         let (group, id) = match p.kind {
             Kind::Register | Kind::Http => (0, 0),
             Kind::Gateway { group, id, .. } => (group, id),
             Kind::Worker { id } => (0, id),
         };
-        let fds: Vec<(&'static str, i32)> = match p.kind {
-            Kind::Register => self.listeners.register.iter().map(|f| ("register", f.as_raw_fd())).collect(),
+        let fds: Vec<(String, RawFd)> = match p.kind {
+            Kind::Register => {
+                self.listeners.register.iter().map(|f| ("register".into(), f.as_raw_fd())).collect()
+            }
             Kind::Gateway { group, fds, .. } => {
                 let (tcp, unix, _) = &self.listeners.inner[fds];
                 vec![
-                    ("public", self.listeners.public[group].as_raw_fd()),
-                    ("inner_tcp", tcp.as_raw_fd()),
-                    ("inner_unix", unix.as_raw_fd()),
+                    ("public".into(), self.listeners.public[group].as_raw_fd()),
+                    ("inner_tcp".into(), tcp.as_raw_fd()),
+                    ("inner_unix".into(), unix.as_raw_fd()),
                 ]
             }
             Kind::Worker { .. } => Vec::new(),
-            Kind::Http => self.listeners.http.iter().map(|f| ("http", f.as_raw_fd())).collect(),
+            Kind::Http => self.listeners.http.iter().map(|f| ("http".to_string(), f.as_raw_fd())).collect(),
         };
         if let Some(slot) = self.shm.slot(p.slot) {
-            slot.claim(role, id as u32, &name, &listen);
+            slot.claim(names.role, id as u32, &names.name, &names.listen);
         }
-        let mut env = self.child_env.clone();
-        env.push(("GW_GENERATION".into(), p.generation.to_string()));
-        spawn::spawn(&spawn::SpawnSpec {
-            exe: &self.exe,
-            conf: &self.conf,
-            role: role_arg,
+        let contract = ChildContract {
+            role: names.child,
+            conf: self.conf.clone(),
             group,
             id,
-            slot: p.slot,
             fds,
-            env,
-        })
+            slot: p.slot,
+            generation: p.generation,
+            log_file: self.child_log.clone(),
+        };
+        spawn::spawn(&self.exe, &contract)
     }
 
     fn schedule_respawn(&mut self, cx: &mut Ctx<'_, Timer>, i: usize) {
-        let (_, _, name, _) = self.names(self.procs[i].kind);
+        let name = self.names(self.procs[i].kind).name;
         let p = &mut self.procs[i];
         p.quick_deaths += 1;
         let delay = Duration::from_millis(500 * (1u64 << p.quick_deaths.min(6))).min(MAX_BACKOFF);
@@ -395,7 +451,7 @@ impl Master {
         if self.reload_probation_failed(i, status) {
             return;
         }
-        let (_, _, name, _) = self.names(self.procs[i].kind);
+        let name = self.names(self.procs[i].kind).name;
         let p = &mut self.procs[i];
         p.pid = None;
         // Did it get as far as serving? A child that fails before that is a failed start.
@@ -426,7 +482,7 @@ impl Master {
 
     /// Begin stopping. Graceful: business workers drain first, then the rest stop.
     fn stop(&mut self, cx: &mut Ctx<'_, Timer>, graceful: bool) {
-        if matches!(self.phase, Phase::Stopping | Phase::Done) {
+        if matches!(self.phase, Phase::Stopping(_) | Phase::Done) {
             return;
         }
         self.reload.abort();
@@ -434,7 +490,7 @@ impl Master {
             info!("graceful stop: business workers drain first");
             self.phase = Phase::StoppingWorkers;
             for pid in self.live_pids(|k| matches!(k, Kind::Worker { .. })) {
-                spawn::signal(pid, libc::SIGQUIT);
+                signal(pid, libc::SIGQUIT);
             }
             self.kill_at = Some(Instant::now() + self.cfg.stop_timeout.max(Duration::from_secs(5)));
             cx.after(Duration::from_millis(50), Timer::Kill);
@@ -442,12 +498,17 @@ impl Master {
             return;
         }
         info!("stopping");
-        self.phase = Phase::Stopping;
-        for pid in self.live_pids(|_| true) {
-            spawn::signal(pid, libc::SIGTERM);
-        }
         self.kill_at = Some(Instant::now() + self.cfg.stop_timeout);
         cx.after(Duration::from_millis(50), Timer::Kill);
+        self.stop_stage(cx, 0);
+    }
+
+    /// SIGTERM to the processes of stop stage `stage`; the next stage starts when they exited.
+    fn stop_stage(&mut self, cx: &mut Ctx<'_, Timer>, stage: usize) {
+        self.phase = Phase::Stopping(stage);
+        for pid in self.live_pids(STOP_ORDER[stage]) {
+            signal(pid, libc::SIGTERM);
+        }
         self.maybe_done(cx);
     }
 
@@ -457,7 +518,13 @@ impl Master {
                 self.phase = Phase::Running;
                 self.stop(cx, false);
             }
-            Phase::Stopping if self.procs.iter().all(|(_, p)| p.pid.is_none()) => self.phase = Phase::Done,
+            Phase::Stopping(stage) if self.live_pids(STOP_ORDER[stage]).is_empty() => {
+                if stage + 1 < STOP_ORDER.len() {
+                    self.stop_stage(cx, stage + 1);
+                } else if self.procs.iter().all(|(_, p)| p.pid.is_none()) {
+                    self.phase = Phase::Done;
+                }
+            }
             _ => {}
         }
     }
@@ -480,7 +547,7 @@ impl Service for Master {
     fn on_timer(&mut self, cx: &mut Ctx<'_, Timer>, timer: Timer) {
         match timer {
             Timer::Tick => {
-                if let Some(s) = self.shm.slot(0) {
+                if let Some(s) = self.shm.slot(MASTER_SLOT) {
                     s.tick();
                     Slot::set(&s.timers, cx.timers.len() as u64 + 1);
                 }
@@ -505,7 +572,7 @@ impl Service for Master {
                     };
                     for pid in targets {
                         warn!("process {pid} did not stop in time; killing it");
-                        spawn::signal(pid, libc::SIGKILL);
+                        signal(pid, libc::SIGKILL);
                     }
                     self.kill_at = Some(Instant::now() + Duration::from_secs(2));
                 }

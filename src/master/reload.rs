@@ -12,6 +12,7 @@ use log::{error, info, warn};
 
 use super::{Kind, Master, Phase, Proc, Timer, spawn};
 use crate::reactor::Ctx;
+use crate::reactor::signals::send as signal;
 use crate::stats::State;
 
 const CHECK: Duration = Duration::from_millis(20);
@@ -56,9 +57,9 @@ impl Master {
             return;
         }
         // Everyone reopens the log file (logrotate); gateways and the register keep running.
-        crate::cli::logger::reopen();
+        crate::logging::reopen();
         for pid in self.live_pids(|k| !matches!(k, Kind::Worker { .. })) {
-            spawn::signal(pid, libc::SIGUSR1);
+            signal(pid, libc::SIGUSR1);
         }
         if self.reload.active() {
             info!("reload already in progress; ignored");
@@ -148,7 +149,7 @@ impl Master {
                     if let Some(p) = self.procs.get_mut(step.old) {
                         p.retiring = true;
                         if let Some(pid) = p.pid {
-                            spawn::signal(pid, libc::SIGQUIT);
+                            signal(pid, libc::SIGQUIT);
                         }
                     }
                     self.reload.step = Some(Step { wait: Wait::OldExit, since: Instant::now(), ..step });
@@ -161,7 +162,7 @@ impl Master {
                     warn!(
                         "reload: old business worker {pid} did not finish draining in {timeout:?}; killing it"
                     );
-                    spawn::signal(pid, libc::SIGKILL);
+                    signal(pid, libc::SIGKILL);
                 }
             }
         }

@@ -1,6 +1,6 @@
 //! Spawning a child: fork + exec of the binary on disk, keeping exactly the listening fds it
-//! needs (their numbers announced in `GW_FDS`), its statistics slot in `GW_SLOT`, and a
-//! parent-death signal so no child outlives a killed master.
+//! needs (named in its contract, `child.rs`), and a parent-death signal so no child outlives
+//! a killed master.
 
 use std::io;
 use std::os::fd::RawFd;
@@ -8,39 +8,18 @@ use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::Command;
 
-use crate::net::listener::{FDS_ENV, fds_env, keep_on_exec};
+use super::child::ChildContract;
+use crate::net::listener::keep_on_exec;
 
-/// Everything needed to start one child.
-pub struct SpawnSpec<'a> {
-    pub exe: &'a Path,
-    pub conf: &'a Path,
-    /// `register`, `gateway` or `worker`.
-    pub role: &'a str,
-    pub group: usize,
-    pub id: u16,
-    pub slot: usize,
-    pub fds: Vec<(&'static str, RawFd)>,
-    /// Extra environment (log file in daemon mode).
-    pub env: Vec<(String, String)>,
-}
+/// Exit status of a forked child whose master died before it could exec.
+const ORPHANED: i32 = 1;
 
-/// Start the child; returns its pid. Fails if the binary cannot be executed.
-pub fn spawn(spec: &SpawnSpec<'_>) -> io::Result<u32> {
-    let mut cmd = Command::new(spec.exe);
-    cmd.arg("child")
-        .arg(spec.role)
-        .arg("--conf")
-        .arg(spec.conf)
-        .arg("--group")
-        .arg(spec.group.to_string())
-        .arg("--id")
-        .arg(spec.id.to_string())
-        .env(FDS_ENV, fds_env(&spec.fds))
-        .env("GW_SLOT", spec.slot.to_string());
-    for (k, v) in &spec.env {
-        cmd.env(k, v);
-    }
-    let keep: Vec<RawFd> = spec.fds.iter().map(|(_, fd)| *fd).collect();
+/// Start the child `exe` with `contract`; returns its pid. Fails if the binary cannot be
+/// executed.
+pub fn spawn(exe: &Path, contract: &ChildContract) -> io::Result<u32> {
+    let mut cmd = Command::new(exe);
+    contract.write(&mut cmd);
+    let keep: Vec<RawFd> = contract.fds.iter().map(|(_, fd)| *fd).collect();
     // SAFETY: getpid has no preconditions.
     let master = unsafe { libc::getpid() };
     // SAFETY: the closure runs in the forked child before exec and only calls
@@ -52,19 +31,13 @@ pub fn spawn(spec: &SpawnSpec<'_>) -> io::Result<u32> {
             }
             libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
             if libc::getppid() != master {
-                libc::_exit(1);
+                libc::_exit(ORPHANED);
             }
             Ok(())
         });
     }
     let child = cmd.spawn()?;
     Ok(child.id())
-}
-
-/// Send `sig` to `pid`, ignoring a process that is already gone.
-pub fn signal(pid: u32, sig: i32) {
-    // SAFETY: kill has no memory effects.
-    unsafe { libc::kill(pid as i32, sig) };
 }
 
 /// One reaped child.

@@ -7,7 +7,7 @@ use std::io::{self, Write};
 
 use super::io::Io;
 use crate::reactor::{InBuf, OutBuf, Ready, interrupted, would_block};
-use crate::stats::conns::{self, ConnInfo};
+use crate::stats::conns::ConnInfo;
 
 /// Bytes asked for per read into `inbuf`.
 pub const CHUNK: usize = 64 * 1024;
@@ -60,8 +60,9 @@ impl Conn {
     /// Account for one read that asked for `asked` bytes and got `n` (> 0).
     pub fn count_read(&mut self, n: usize, asked: usize) {
         self.bytes_read += n as u64;
-        // A short read emptied the socket: the next one would only say WouldBlock.
-        if n < asked && self.io.short_read_drains() {
+        // A short read emptied the socket: the next one would only say WouldBlock. Not after
+        // a hang-up: the FIN came with the same edge, and only a read that returns 0 sees it.
+        if n < asked && self.io.short_read_drains() && !self.ready.contains(Ready::HUP) {
             self.ready.remove(Ready::READABLE);
         }
     }
@@ -110,7 +111,7 @@ impl Conn {
 
     /// This connection as a line of the `connections` command.
     pub fn info(&self, id: u64, protocol: &'static str) -> ConnInfo {
-        let (local, remote) = conns::addrs(&self.io);
+        let (local, remote) = crate::net::io::addrs(&self.io);
         ConnInfo {
             id,
             protocol,

@@ -96,3 +96,24 @@ impl Write for Io {
         }
     }
 }
+
+/// Local and remote address of a stream, as text.
+pub fn addrs(io: &Io) -> (String, String) {
+    let unix = |a: io::Result<std::os::unix::net::SocketAddr>| -> String {
+        a.ok().and_then(|a| a.as_pathname().map(|p| p.display().to_string())).unwrap_or_else(|| "unix".into())
+    };
+    match io {
+        Io::Tcp(s) => (
+            s.local_addr().map(|a| a.to_string()).unwrap_or_default(),
+            s.peer_addr().map(|a| a.to_string()).unwrap_or_default(),
+        ),
+        Io::Unix(s) => (unix(s.local_addr()), unix(s.peer_addr())),
+        Io::Tls(t) => {
+            let s = t.tcp();
+            (
+                s.local_addr().map(|a| a.to_string()).unwrap_or_default(),
+                s.peer_addr().map(|a| a.to_string()).unwrap_or_default(),
+            )
+        }
+    }
+}

@@ -1,15 +1,12 @@
 //! Listening sockets: bound once by the master (socket2), handed to children by fd number
-//! (`GW_FDS=name:fd;name:fd`, nginx style), adopted by the child as mio listeners.
+//! (named in the child contract, `master/child.rs`), adopted by the child as mio listeners.
 
 use std::io;
 use std::net::SocketAddr;
-use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd, OwnedFd, RawFd};
+use std::os::fd::{FromRawFd, OwnedFd, RawFd};
 use std::path::Path;
 
 use socket2::{Domain, Socket, Type};
-
-/// Environment variable announcing inherited listeners to a child.
-pub const FDS_ENV: &str = "GW_FDS";
 
 /// Accept backlog (the kernel caps it at `net.core.somaxconn`).
 pub const BACKLOG: i32 = 4096;
@@ -54,11 +51,6 @@ pub fn keep_on_exec(fd: RawFd) -> io::Result<()> {
     Ok(())
 }
 
-/// Format the `GW_FDS` value for named fds.
-pub fn fds_env(fds: &[(&str, RawFd)]) -> String {
-    fds.iter().map(|(n, fd)| format!("{n}:{fd}")).collect::<Vec<_>>().join(";")
-}
-
 /// The fds a child inherited, by name.
 #[derive(Debug, Default)]
 pub struct Inherited {
@@ -66,22 +58,14 @@ pub struct Inherited {
 }
 
 impl Inherited {
-    /// Parse `GW_FDS` from the environment (empty when absent) and mark the fds close-on-exec
-    /// again so they do not leak further.
-    pub fn from_env() -> io::Result<Inherited> {
-        let mut fds = Vec::new();
-        if let Ok(v) = std::env::var(FDS_ENV) {
-            for item in v.split(';').filter(|s| !s.is_empty()) {
-                let (name, fd) = item
-                    .split_once(':')
-                    .and_then(|(n, f)| f.parse::<RawFd>().ok().map(|f| (n, f)))
-                    .ok_or_else(|| io::Error::other(format!("bad {FDS_ENV} entry {item:?}")))?;
-                // SAFETY: as in keep_on_exec.
-                unsafe { libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC) };
-                fds.push((name.to_string(), fd));
-            }
+    /// Adopt the fds the master passed (by name) and mark them close-on-exec again so they
+    /// do not leak further.
+    pub fn adopt(fds: Vec<(String, RawFd)>) -> Inherited {
+        for (_, fd) in &fds {
+            // SAFETY: as in keep_on_exec.
+            unsafe { libc::fcntl(*fd, libc::F_SETFD, libc::FD_CLOEXEC) };
         }
-        Ok(Inherited { fds })
+        Inherited { fds }
     }
 
     /// Take the fd called `name`.
@@ -108,15 +92,5 @@ impl Inherited {
 }
 
 fn missing(name: &str) -> io::Error {
-    io::Error::other(format!("listener {name:?} was not passed in {FDS_ENV}"))
-}
-
-/// Raw fd of something that has one (for building `GW_FDS`).
-pub fn raw(fd: &OwnedFd) -> RawFd {
-    fd.as_raw_fd()
-}
-
-/// Give up ownership of an fd number (it stays open for the process lifetime).
-pub fn leak(fd: OwnedFd) -> RawFd {
-    fd.into_raw_fd()
+    io::Error::other(format!("listener {name:?} was not passed by the master"))
 }

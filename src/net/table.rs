@@ -205,6 +205,7 @@ impl<T: Owned> Table<T> {
     }
 
     /// True when no connection waits for a flush or for removal.
+    #[cfg(test)]
     pub fn settled(&self) -> bool {
         self.dirty.is_empty() && self.dead.is_empty()
     }

@@ -1,5 +1,5 @@
 //! TLS for client listeners (wss): a rustls `ServerConnection` over a non-blocking TCP
-//! stream, driven so: reader first, `read_tls` until `WouldBlock`,
+//! stream, driven like this: reader first, `read_tls` until `WouldBlock`,
 //! queued records pushed whenever possible, and `write` never returning `Ok(0)`.
 
 use std::io::{self, Read, Write};

@@ -93,11 +93,6 @@ impl<T> Reactor<T> {
         Ctx { registry: self.poll.registry(), timers: &mut self.timers, now: Instant::now() }
     }
 
-    /// Number of armed timers.
-    pub fn timer_count(&self) -> usize {
-        self.timers.len()
-    }
-
     /// Run `svc` until it says it should stop.
     pub fn run<S: Service<Timer = T>>(&mut self, svc: &mut S) -> io::Result<()> {
         let mut busy = false;

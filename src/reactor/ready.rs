@@ -41,10 +41,6 @@ impl Ready {
     pub fn contains(self, other: Ready) -> bool {
         self.0 & other.0 == other.0 && other.0 != 0
     }
-
-    pub fn is_empty(self) -> bool {
-        self.0 == 0
-    }
 }
 
 impl BitOr for Ready {

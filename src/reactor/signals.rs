@@ -1,11 +1,28 @@
 //! Signals delivered into the reactor: each handler only sets a flag and writes a byte to a
-//! self-pipe (signal-hook), the loop reads the pipe and reports which signals arrived.
+//! self-pipe (signal-hook), the loop reads the pipe and reports which signals arrived. Also
+//! the signal set every child process watches and what those signals mean (workerman's table).
 
 use std::io::{self, Read};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use mio::net::UnixStream;
+
+/// Signals every child process (register, gateway, business worker) handles.
+pub const CHILD_SIGNALS: [i32; 7] =
+    [libc::SIGINT, libc::SIGTERM, libc::SIGHUP, libc::SIGQUIT, libc::SIGUSR1, libc::SIGUSR2, libc::SIGIO];
+
+/// SIGINT, SIGTERM, SIGHUP: stop now (workerman's table). SIGQUIT is the graceful stop,
+/// SIGUSR1/SIGUSR2 reload (reopen the log file), SIGIO asks for the connection list.
+pub fn is_stop_signal(sig: i32) -> bool {
+    matches!(sig, libc::SIGINT | libc::SIGTERM | libc::SIGHUP)
+}
+
+/// Send `sig` to `pid`, ignoring a process that is already gone.
+pub fn send(pid: u32, sig: i32) {
+    // SAFETY: kill has no memory effects.
+    unsafe { libc::kill(pid as i32, sig) };
+}
 
 /// The self-pipe and one flag per watched signal.
 pub struct SignalPipe {

@@ -42,6 +42,7 @@ impl<T> Timers<T> {
         self.armed.len()
     }
 
+    #[cfg(test)]
     pub fn is_empty(&self) -> bool {
         self.armed.is_empty()
     }

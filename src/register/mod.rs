@@ -1,8 +1,6 @@
 //! The register: the cluster's address book. Gateways announce their inner address, business
 //! workers (and GatewayClients) receive the list and every change of it. It never carries
-//! client traffic.
-
-pub mod links;
+//! client traffic (`docs/protocol.md` §1).
 
 use std::io;
 use std::net::SocketAddr;
@@ -12,8 +10,8 @@ use log::{info, warn};
 use mio::net::TcpListener;
 use mio::{Interest, Token};
 
-use crate::cli::logger::{OncePerPeer, Throttle};
 use crate::config::Config;
+use crate::logging::{OncePerPeer, Throttle};
 use crate::net::conn::{Conn, ReadEnd};
 use crate::net::io::Io;
 use crate::net::table::{Owned, Table, conn_field};
@@ -78,7 +76,7 @@ pub struct Register {
 /// Entry point of the register process.
 pub fn run(cfg: &Config, listener: TcpListener, stats: Stats) -> io::Result<()> {
     let mut reactor = Reactor::new()?;
-    reactor.watch_signals(&crate::master::CHILD_SIGNALS)?;
+    reactor.watch_signals(&crate::reactor::signals::CHILD_SIGNALS)?;
     let mut reg = Register::new(cfg, listener, stats);
     {
         let mut cx = reactor.ctx();
@@ -340,7 +338,7 @@ impl Service for Register {
 
     fn on_signal(&mut self, _cx: &mut Ctx<'_, Timer>, signal: i32) {
         match signal {
-            libc::SIGUSR1 | libc::SIGUSR2 => crate::cli::logger::reopen(),
+            libc::SIGUSR1 | libc::SIGUSR2 => crate::logging::reopen(),
             libc::SIGIO => {
                 let list: Vec<ConnInfo> =
                     self.conns.iter().map(|(k, p)| p.conn.info((CONN_BASE + k) as u64, "Text")).collect();
@@ -348,7 +346,7 @@ impl Service for Register {
                     warn!("register: cannot write the connection list: {e}");
                 }
             }
-            s if crate::master::is_stop_signal(s) => self.stop = true,
+            s if crate::reactor::signals::is_stop_signal(s) => self.stop = true,
             _ => {}
         }
     }

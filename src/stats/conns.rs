@@ -87,7 +87,7 @@ pub fn collect(cfg: &Config, _master: u32) -> io::Result<String> {
     let pids: Vec<u32> = snap.rows.iter().filter(|r| r.role != Role::Master).map(|r| r.pid).collect();
     for &pid in &pids {
         let _ = std::fs::remove_file(file_for(&cfg.run_dir, pid));
-        crate::master::signal(pid, libc::SIGIO);
+        crate::reactor::signals::send(pid, libc::SIGIO);
     }
     let until = Instant::now() + Duration::from_secs(2);
     let mut body = String::new();
@@ -127,26 +127,4 @@ pub fn collect(cfg: &Config, _master: u32) -> io::Result<String> {
         let _ = writeln!(out, "{pid:<8} (no answer: busy)");
     }
     Ok(out)
-}
-
-/// Local and remote address of a stream, as text.
-pub fn addrs(io: &crate::net::io::Io) -> (String, String) {
-    use crate::net::io::Io;
-    let unix = |a: io::Result<std::os::unix::net::SocketAddr>| -> String {
-        a.ok().and_then(|a| a.as_pathname().map(|p| p.display().to_string())).unwrap_or_else(|| "unix".into())
-    };
-    match io {
-        Io::Tcp(s) => (
-            s.local_addr().map(|a| a.to_string()).unwrap_or_default(),
-            s.peer_addr().map(|a| a.to_string()).unwrap_or_default(),
-        ),
-        Io::Unix(s) => (unix(s.local_addr()), unix(s.peer_addr())),
-        Io::Tls(t) => {
-            let s = t.tcp();
-            (
-                s.local_addr().map(|a| a.to_string()).unwrap_or_default(),
-                s.peer_addr().map(|a| a.to_string()).unwrap_or_default(),
-            )
-        }
-    }
 }

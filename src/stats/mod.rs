@@ -223,6 +223,31 @@ unsafe impl Send for Shm {}
 unsafe impl Sync for Shm {}
 
 impl Shm {
+    /// Anonymous private region for a process started without a master (in-process tests).
+    #[cfg(test)]
+    pub fn anonymous(slots: usize) -> io::Result<Shm> {
+        let len = Shm::size(slots);
+        // SAFETY: a fresh anonymous mapping, owned by the returned value.
+        let ptr = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                -1,
+                0,
+            )
+        };
+        if ptr == libc::MAP_FAILED {
+            return Err(io::Error::last_os_error());
+        }
+        let shm = Shm { ptr: ptr as *mut u8, len };
+        shm.header().slots.store(slots as u32, Ordering::Relaxed);
+        shm.header().magic.store(MAGIC, Ordering::Relaxed);
+        shm.header().version.store(VERSION, Ordering::Relaxed);
+        Ok(shm)
+    }
+
     fn size(slots: usize) -> usize {
         std::mem::size_of::<Header>().next_multiple_of(64) + slots * std::mem::size_of::<Slot>()
     }
@@ -256,30 +281,6 @@ impl Shm {
         if Shm::size(h.slots.load(Ordering::Relaxed) as usize) > len {
             return Err(io::Error::other("statistics file truncated"));
         }
-        Ok(shm)
-    }
-
-    /// Anonymous private region for a process started without a master (tests, tools).
-    pub fn anonymous(slots: usize) -> io::Result<Shm> {
-        let len = Shm::size(slots);
-        // SAFETY: a fresh anonymous mapping, owned by the returned value.
-        let ptr = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                len,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
-                -1,
-                0,
-            )
-        };
-        if ptr == libc::MAP_FAILED {
-            return Err(io::Error::last_os_error());
-        }
-        let shm = Shm { ptr: ptr as *mut u8, len };
-        shm.header().slots.store(slots as u32, Ordering::Relaxed);
-        shm.header().magic.store(MAGIC, Ordering::Relaxed);
-        shm.header().version.store(VERSION, Ordering::Relaxed);
         Ok(shm)
     }
 
@@ -336,26 +337,21 @@ pub struct Stats {
 }
 
 impl Stats {
-    /// Attach to the slot named by `GW_SLOT` in the region at `path`; without them (a process
-    /// started by hand) use a private anonymous slot.
-    pub fn attach(path: &Path) -> io::Result<Stats> {
-        match std::env::var("GW_SLOT").ok().and_then(|v| v.parse::<usize>().ok()) {
-            Some(index) => {
-                let shm = Shm::open(path, true)?;
-                if shm.slot(index).is_none() {
-                    return Err(io::Error::other(format!("no statistics slot {index}")));
-                }
-                let s = Stats { shm, index };
-                s.slot().pid.store(std::process::id(), Ordering::Relaxed);
-                Ok(s)
-            }
-            None => Stats::private(),
-        }
-    }
-
-    /// A slot nobody else sees.
+    /// A slot nobody else sees (in-process tests).
+    #[cfg(test)]
     pub fn private() -> io::Result<Stats> {
         let s = Stats { shm: Shm::anonymous(1)?, index: 0 };
+        s.slot().pid.store(std::process::id(), Ordering::Relaxed);
+        Ok(s)
+    }
+
+    /// Attach to slot `index` (given by the master) of the region at `path`.
+    pub fn attach(path: &Path, index: usize) -> io::Result<Stats> {
+        let shm = Shm::open(path, true)?;
+        if shm.slot(index).is_none() {
+            return Err(io::Error::other(format!("no statistics slot {index}")));
+        }
+        let s = Stats { shm, index };
         s.slot().pid.store(std::process::id(), Ordering::Relaxed);
         Ok(s)
     }

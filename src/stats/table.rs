@@ -132,9 +132,17 @@ fn load_average() -> String {
         .unwrap_or_else(|| "-".into())
 }
 
-/// The GLOBAL STATUS section: version, start, process counts, warnings, exits.
-fn global_section(o: &mut String, s: &Snapshot, conf: &str) {
+/// The workerman-style table. `qps` gives requests/s per pid from a second sample.
+pub fn render(s: &Snapshot, conf: &str, qps: &dyn Fn(u32) -> Option<u64>) -> String {
+    let mut o = String::new();
     let line = "-".repeat(46);
+    render_global(&mut o, s, conf, &line);
+    render_processes(&mut o, s, qps, &line);
+    o
+}
+
+/// The GLOBAL STATUS part: version, start time, load, exit counts.
+fn render_global(o: &mut String, s: &Snapshot, conf: &str, line: &str) {
     let _ = writeln!(o, "{line}GLOBAL STATUS{line}");
     let _ = writeln!(o, "gatewayworker version:{:<10} conf:{conf}", env!("CARGO_PKG_VERSION"));
     let start = std::time::UNIX_EPOCH + std::time::Duration::from_secs(s.started);
@@ -142,7 +150,7 @@ fn global_section(o: &mut String, s: &Snapshot, conf: &str) {
     let _ = writeln!(
         o,
         "start time:{}   run {} days {} hours   load average: {}",
-        crate::cli::logger::format_time(start),
+        crate::logging::format_time(start),
         up / 86400,
         (up % 86400) / 3600,
         load_average()
@@ -166,11 +174,8 @@ fn global_section(o: &mut String, s: &Snapshot, conf: &str) {
     }
 }
 
-/// The workerman-style table. `qps` gives requests/s per pid from a second sample.
-pub fn render(s: &Snapshot, conf: &str, qps: &dyn Fn(u32) -> Option<u64>) -> String {
-    let mut o = String::new();
-    let line = "-".repeat(46);
-    global_section(&mut o, s, conf);
+/// The PROCESS STATUS part: one row per process and the summary.
+fn render_processes(o: &mut String, s: &Snapshot, qps: &dyn Fn(u32) -> Option<u64>, line: &str) {
     let _ = writeln!(o, "{line}PROCESS STATUS{line}");
     let lw = s.rows.iter().map(|r| r.listen.len()).max().unwrap_or(9).max(9);
     let nw = s.rows.iter().map(|r| r.name.len()).max().unwrap_or(11).max(11);
@@ -216,7 +221,6 @@ pub fn render(s: &Snapshot, conf: &str, qps: &dyn Fn(u32) -> Option<u64>) -> Str
         sum.4,
         sum.5
     );
-    o
 }
 
 /// The snapshot as one JSON object (for scripts and tests).

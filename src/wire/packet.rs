@@ -11,7 +11,7 @@ use std::fmt;
 /// Size of the fixed header.
 pub const HEADER_LEN: usize = 28;
 
-/// Command codes (GATEWAYWORKER.md §2.3).
+/// Command codes (`docs/protocol.md` §3).
 pub mod cmd {
     pub const ON_CONNECT: u8 = 1;
     pub const ON_MESSAGE: u8 = 3;
@@ -47,7 +47,7 @@ pub mod cmd {
     /// routing new events to it (graceful reload). A PHP gateway logs and ignores it.
     pub const WORKER_DRAIN: u8 = 210;
 
-    /// Commands the gateway answers with `u32_be(len) ‖ payload` (GATEWAYWORKER.md §2.4).
+    /// Commands the gateway answers with `u32_be(len) ‖ payload` (`docs/protocol.md` §4).
     pub fn is_query(c: u8) -> bool {
         matches!(
             c,
@@ -194,7 +194,7 @@ pub fn encode_head(out: &mut Vec<u8>, h: &Header, ext_len: usize, body_len: usiz
     out.extend_from_slice(&(ext_len as u32).to_be_bytes());
 }
 
-/// Append a query reply: `u32_be(len) ‖ payload` (GATEWAYWORKER.md §2.4).
+/// Append a query reply: `u32_be(len) ‖ payload` (`docs/protocol.md` §4).
 pub fn encode_reply(out: &mut Vec<u8>, payload: &[u8]) {
     out.extend_from_slice(&(payload.len() as u32).to_be_bytes());
     out.extend_from_slice(payload);

@@ -1,5 +1,5 @@
 //! PHP values as they travel between GatewayWorker processes: sessions, non-scalar packet
-//! bodies and query replies are PHP-`serialize()`d (GATEWAYWORKER.md §2.2), and array bodies
+//! bodies and query replies are PHP-`serialize()`d (`docs/protocol.md` §5), and array bodies
 //! reach websocket clients through `json_encode`.
 //!
 //! The model is PHP's: scalars, byte strings, and ordered arrays whose keys are integers or
@@ -14,8 +14,14 @@ mod serial;
 use std::collections::HashMap;
 use std::fmt;
 
-pub use json::{JsonFlags, json_encode, json_encode_with};
-pub use serial::{MAX_DEPTH, PhpError, serialize, serialize_array, serialize_into, unserialize};
+pub use json::{JsonFlags, json_encode_with};
+pub use serial::{serialize, serialize_array, unserialize};
+// Used by the integration tests and fuzz targets only.
+#[cfg(feature = "internals")]
+pub use {
+    json::json_encode,
+    serial::{MAX_DEPTH, PhpError, serialize_into},
+};
 
 /// A PHP value as it travels in sessions, non-scalar bodies and query replies.
 #[derive(Clone, Debug, PartialEq)]

@@ -1,4 +1,4 @@
-//! The register's text protocol: one JSON object per line (GATEWAYWORKER.md §1.2), byte for
+//! The register's text protocol: one JSON object per line (`docs/protocol.md` §1), byte for
 //! byte as GatewayWorker writes it.
 
 use serde_json::Value as Json;

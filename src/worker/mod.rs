@@ -17,14 +17,14 @@ use std::time::{Duration, Instant};
 use log::{error, info, warn};
 use mio::Token;
 
-use crate::api::client_id::ClientId;
+use crate::api::ClientId;
 use crate::api::context::{Context, Current, TimerRequest, WorkerInfo, WorkerTransport};
 use crate::api::transport::{LocalGateways, Pkt, QueryPool};
 use crate::api::{Events, Value};
 use crate::config::Config;
+use crate::discovery::RegisterLinks;
 use crate::net::conn::ReadEnd;
 use crate::reactor::{Ctx, Reactor, Ready, Service, TimerId};
-use crate::register::links::RegisterLinks;
 use crate::stats::{Slot, State, Stats};
 use crate::wire::packet::{self, Packet, cmd, flag};
 use crate::wire::{crc32, php, register as lines};
@@ -119,10 +119,10 @@ pub struct Worker {
 }
 
 /// Entry point of a business worker process.
-pub fn run(cfg: &Config, id: u16, app: Box<dyn Events>, stats: Stats) -> io::Result<()> {
+pub fn run(cfg: &Config, id: u16, generation: u64, app: Box<dyn Events>, stats: Stats) -> io::Result<()> {
     let mut reactor = Reactor::new()?;
-    reactor.watch_signals(&crate::master::CHILD_SIGNALS)?;
-    let mut worker = Worker::new(cfg, id, app, stats)?;
+    reactor.watch_signals(&crate::reactor::signals::CHILD_SIGNALS)?;
+    let mut worker = Worker::new(cfg, id, generation, app, stats)?;
     {
         let mut cx = reactor.ctx();
         worker.registers.dial_all(&mut cx, Timer::RegisterRetry);
@@ -137,12 +137,11 @@ pub fn run(cfg: &Config, id: u16, app: Box<dyn Events>, stats: Stats) -> io::Res
 }
 
 impl Worker {
-    fn new(cfg: &Config, id: u16, app: Box<dyn Events>, stats: Stats) -> io::Result<Worker> {
+    fn new(cfg: &Config, id: u16, generation: u64, app: Box<dyn Events>, stats: Stats) -> io::Result<Worker> {
         let w = cfg.worker.as_ref().ok_or_else(|| io::Error::other("no [worker] section"))?;
         let local = LocalGateways { lan_ip: cfg.advertise_ip, run_dir: cfg.run_dir.clone() };
         // GatewayWorker's key is `name:id`; a reload replacement runs next to the worker it
         // replaces, so it gets a key of its own (a gateway evicts the older of two equal keys).
-        let generation: u64 = std::env::var("GW_GENERATION").ok().and_then(|g| g.parse().ok()).unwrap_or(0);
         let worker_key = if generation == 0 {
             format!("{}:{id}", w.name)
         } else {
@@ -452,7 +451,7 @@ impl Service for Worker {
             if let Err(e) = crate::stats::conns::dump(&self.run_dir, &self.name, &list) {
                 warn!("business worker: cannot write the connection list: {e}");
             }
-        } else if crate::master::is_stop_signal(signal) {
+        } else if crate::reactor::signals::is_stop_signal(signal) {
             self.finish(cx);
         }
     }

@@ -63,7 +63,7 @@ fn worker() -> (Worker, Reactor<Timer>, Seen) {
         binary_passthrough: false,
     });
     let seen = Seen::default();
-    let w = Worker::new(&cfg, 0, Box::new(Recorder(seen.clone())), Stats::private().unwrap()).unwrap();
+    let w = Worker::new(&cfg, 0, 0, Box::new(Recorder(seen.clone())), Stats::private().unwrap()).unwrap();
     (w, Reactor::new().unwrap(), seen)
 }
 

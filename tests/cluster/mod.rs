@@ -11,7 +11,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use gatewayworker::stats::{Shm, table};
+use gatewayworker::internals::stats::{Shm, table};
 use serde_json::{Value as Json, json};
 use tungstenite::{Message, WebSocket};
 
@@ -275,11 +275,16 @@ impl Cluster {
                 .rows
                 .iter()
                 .filter(|r| {
-                    !matches!(r.role, gatewayworker::stats::Role::Master | gatewayworker::stats::Role::Http)
+                    !matches!(
+                        r.role,
+                        gatewayworker::internals::stats::Role::Master
+                            | gatewayworker::internals::stats::Role::Http
+                    )
                 })
                 .collect();
-            (procs.len() == want && procs.iter().all(|r| r.state == gatewayworker::stats::State::Ready))
-                .then_some(s)
+            (procs.len() == want
+                && procs.iter().all(|r| r.state == gatewayworker::internals::stats::State::Ready))
+            .then_some(s)
         });
         self.remember(&snap);
     }

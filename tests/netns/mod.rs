@@ -24,7 +24,7 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use gatewayworker::stats::{Role, Shm, State, table};
+use gatewayworker::internals::stats::{Role, Shm, State, table};
 use serde_json::{Value as Json, json};
 use tungstenite::Message;
 
@@ -529,10 +529,10 @@ impl Drop for Machine {
 pub fn register_list(register: SocketAddr) -> Option<Vec<String>> {
     let mut s = TcpStream::connect_timeout(&register, Duration::from_secs(1)).ok()?;
     s.set_read_timeout(Some(Duration::from_secs(1))).ok()?;
-    s.write_all(&gatewayworker::wire::register::worker_connect(Conf::SECRET)).ok()?;
+    s.write_all(&gatewayworker::internals::wire::register::worker_connect(Conf::SECRET)).ok()?;
     let mut line = Vec::new();
     BufReader::new(s).read_until(b'\n', &mut line).ok()?;
-    gatewayworker::wire::register::parse_broadcast(line.trim_ascii_end())
+    gatewayworker::internals::wire::register::parse_broadcast(line.trim_ascii_end())
 }
 
 /// What one client of a `Pinger` saw.

@@ -5,7 +5,7 @@
 // Each test binary uses a different subset of these helpers.
 #![allow(dead_code)]
 
-use gatewayworker::wire::php::{Array, Key, Value};
+use gatewayworker::internals::wire::php::{Array, Key, Value};
 use serde_json::Value as Json;
 
 /// Every case of `tests/compat/<file>`, one JSON object per non-empty line.
@@ -101,7 +101,7 @@ pub fn value_to_pvn(v: &Value) -> Json {
         Value::Int(i) => Json::from(*i),
         Value::Float(_) => {
             // serialize() gives `d:<text>;`
-            let text = gatewayworker::wire::php::serialize(v);
+            let text = gatewayworker::internals::wire::php::serialize(v);
             let text = String::from_utf8_lossy(&text[2..text.len() - 1]).into_owned();
             serde_json::json!({ "float": text })
         }
