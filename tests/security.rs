@@ -222,20 +222,32 @@ fn conf(register_ip: &str, lan_ip: &str, top: &str) -> String {
     )
 }
 
+/// `text` with the HTTP API listening on every address (no key: the test environment has none).
+fn open_http(text: String) -> String {
+    format!("{text}[http]\nlisten = \"http://0.0.0.0:{}\"\n", free_port())
+}
+
 #[test]
 fn an_empty_secret_off_loopback_refuses_to_start() {
     let cases = [
-        ("register", conf("0.0.0.0", "127.0.0.1", ""), "`register.listen`"),
-        ("inner", conf("127.0.0.1", "0.0.0.0", ""), "`lan_ip`"),
+        ("register", conf("0.0.0.0", "127.0.0.1", ""), "`register.listen`", "secret_key", "GW_SECRET_KEY"),
+        ("inner", conf("127.0.0.1", "0.0.0.0", ""), "`lan_ip`", "secret_key", "GW_SECRET_KEY"),
+        (
+            "http",
+            open_http(conf("127.0.0.1", "127.0.0.1", "")),
+            "`http.listen`",
+            "GW_HTTP_API_KEY",
+            "GW_HTTP_API_KEY",
+        ),
     ];
-    for (name, text, listen_key) in cases {
+    for (name, text, listen_key, key, env_var) in cases {
         let mut run = Run::spawn(name, &text);
         assert_eq!(run.exit_code(), 78, "{name}: {}", run.log());
         let out = run.log();
-        let head = format!("config error in {}: key `secret_key`: empty, but", run.conf.display());
+        let head = format!("config error in {}: key `{key}`: empty, but", run.conf.display());
         assert!(out.contains(&head), "{name}: {out}");
         assert!(out.contains(listen_key) && out.contains("which is not a loopback address"), "{name}: {out}");
-        assert!(out.contains("fix: set GW_SECRET_KEY in .env"), "{name}: {out}");
+        assert!(out.contains(&format!("fix: set {env_var} in .env")), "{name}: {out}");
         assert!(out.contains("allow_empty_secret = true"), "{name}: {out}");
         // Refused before anything was bound or forked.
         assert!(!run.dir.join("run/gatewayworker.stats").exists(), "{name}: {out}");
@@ -244,10 +256,11 @@ fn an_empty_secret_off_loopback_refuses_to_start() {
 
 #[test]
 fn allow_empty_secret_starts_and_warns_at_start_and_in_status() {
-    let text = conf("0.0.0.0", "0.0.0.0", "allow_empty_secret = true");
+    let text = open_http(conf("0.0.0.0", "0.0.0.0", "allow_empty_secret = true"));
     let mut run = Run::spawn("allowed", &text);
-    run.wait_ready(3);
+    run.wait_ready(4);
     let log = run.log();
+    assert!(log.contains("`GW_HTTP_API_KEY` is empty and the HTTP API listens on 0.0.0.0:"), "{log}");
     assert!(log.contains("`secret_key` is empty and the register listens on 0.0.0.0:"), "{log}");
     assert!(log.contains("`secret_key` is empty and a gateway inner port listens on 0.0.0.0:"), "{log}");
     let status = run.cli(&["status"]);

@@ -394,25 +394,8 @@ fn http(s: &mut Sec<'_>, env: &[(String, String)]) -> Result<HttpConf, ConfigErr
             "use http://IP:PORT",
         ));
     }
+    // An empty key off loopback is refused (or allowed and warned) with the other secrets.
     let api_key = env_get(env, "GW_HTTP_API_KEY").unwrap_or("").to_string();
-    if api_key.is_empty() && !listen.ip().is_loopback() {
-        let env_file = match std::env::var("GW_ENV_FILE") {
-            Ok(f) if f == "none" => "the environment (GW_ENV_FILE=none)".to_string(),
-            Ok(f) if !f.is_empty() => f,
-            _ => ".env".into(),
-        };
-        return Err(ConfigError {
-            file: PathBuf::from(&env_file),
-            key: "GW_HTTP_API_KEY".into(),
-            problem: format!(
-                "empty, but `http.listen` in {} is {listen}, not a loopback address: the server API would be open to the network",
-                s.file.display()
-            ),
-            fix: format!(
-                "set GW_HTTP_API_KEY=<a long random key> in {env_file} (see conf/example.env), or listen on 127.0.0.1"
-            ),
-        });
-    }
     Ok(HttpConf {
         listen,
         api_key,

@@ -88,10 +88,24 @@ pub fn short_secret_warning(secret: &str, key: &str, env_var: &str) -> Option<Wa
     Some(Warning { text, exposed: false })
 }
 
-/// The listeners of this machine guarded by `secret_key`: the register and the gateways'
-/// inner ports (which listen on `lan_ip`). A worker machine listens on neither.
+/// The HTTP API's key (`GW_HTTP_API_KEY`, from `.env` or the environment only).
+pub const HTTP_KEY_ENV: &str = "GW_HTTP_API_KEY";
+
+/// The listeners of this machine guarded by a secret: the HTTP API (by its key), the register
+/// and the gateways' inner ports (by `secret_key`; they listen on `lan_ip`). A worker machine
+/// has neither a register nor inner ports.
 fn guarded(cfg: &Config) -> Vec<Guarded<'_>> {
     let mut out = Vec::new();
+    if let Some(h) = &cfg.http {
+        out.push(Guarded {
+            what: "the HTTP API",
+            listen: h.listen,
+            listen_key: "http.listen",
+            secret: &h.api_key,
+            key: HTTP_KEY_ENV,
+            env_var: HTTP_KEY_ENV,
+        });
+    }
     if cfg.machine_type == MachineType::Worker {
         return out;
     }
@@ -120,6 +134,9 @@ pub(super) fn check(cfg: &mut Config) -> Result<(), ConfigError> {
         warnings.extend(check_exposed_secret(&g, &cfg.file, cfg.allow_empty_secret)?);
     }
     warnings.extend(short_secret_warning(&cfg.secret_key, "secret_key", SECRET_ENV));
+    if let Some(h) = &cfg.http {
+        warnings.extend(short_secret_warning(&h.api_key, HTTP_KEY_ENV, HTTP_KEY_ENV));
+    }
     cfg.warnings.extend(warnings);
     Ok(())
 }
