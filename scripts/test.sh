@@ -5,6 +5,8 @@
 # and a short correctness smoke of the W1 and W6 benchmarks (no timing asserted).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
+# The product as shipped: default features only (the tests build with `internals`).
+cargo build --quiet --bins
 cargo test --quiet -- --test-threads="${GW_TEST_THREADS:-4}"
 bench/smoke.sh
 if [ -x "${AUTOBAHN_HOME:-$HOME/.cache/autobahn-wstest}/bin/wstest" ]; then

@@ -14,14 +14,11 @@ mod serial;
 use std::collections::HashMap;
 use std::fmt;
 
-pub use json::{JsonFlags, json_encode_with};
+pub use json::{JsonFlags, json_encode, json_encode_with};
 pub use serial::{serialize, serialize_array, unserialize};
 // Used by the integration tests and fuzz targets only.
 #[cfg(feature = "internals")]
-pub use {
-    json::json_encode,
-    serial::{MAX_DEPTH, PhpError, serialize_into},
-};
+pub use serial::{MAX_DEPTH, PhpError, serialize_into};
 
 /// A PHP value as it travels in sessions, non-scalar bodies and query replies.
 #[derive(Clone, Debug, PartialEq)]

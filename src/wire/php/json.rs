@@ -24,7 +24,6 @@ const JSON_MAX_DEPTH: usize = 512;
 /// pairs, lowercase hex), lists as JSON arrays, other arrays as objects, floats as PHP prints
 /// them (`1.0e+25`, integral floats without `.0`). `None` where PHP returns false: invalid
 /// UTF-8 in a string or key, INF/NAN, nesting deeper than 512.
-#[cfg(any(test, feature = "internals"))]
 pub fn json_encode(v: &Value) -> Option<Vec<u8>> {
     json_encode_with(v, JsonFlags::default())
 }
