@@ -240,26 +240,22 @@ impl<T: Transport> Api<T> {
 
     /// Bind the client to `uid` (`Gateway::bindUid`); a uid may have several clients.
     pub fn bind_uid(&mut self, id: impl ToClientId, uid: &str) -> Result<(), ApiError> {
-        non_empty(uid, "uid")?;
-        self.send_to_client_gateway(id, cmd::BIND_UID, uid.as_bytes())
+        self.send_named(id, cmd::BIND_UID, "uid", uid)
     }
 
     /// Undo [`Api::bind_uid`].
     pub fn unbind_uid(&mut self, id: impl ToClientId, uid: &str) -> Result<(), ApiError> {
-        non_empty(uid, "uid")?;
-        self.send_to_client_gateway(id, cmd::UNBIND_UID, uid.as_bytes())
+        self.send_named(id, cmd::UNBIND_UID, "uid", uid)
     }
 
     /// Add the client to `group` (`Gateway::joinGroup`).
     pub fn join_group(&mut self, id: impl ToClientId, group: &str) -> Result<(), ApiError> {
-        non_empty(group, "group")?;
-        self.send_to_client_gateway(id, cmd::JOIN_GROUP, group.as_bytes())
+        self.send_named(id, cmd::JOIN_GROUP, "group", group)
     }
 
     /// Remove the client from `group`.
     pub fn leave_group(&mut self, id: impl ToClientId, group: &str) -> Result<(), ApiError> {
-        non_empty(group, "group")?;
-        self.send_to_client_gateway(id, cmd::LEAVE_GROUP, group.as_bytes())
+        self.send_named(id, cmd::LEAVE_GROUP, "group", group)
     }
 
     /// Remove every member from `group` and delete it, on every gateway.
@@ -493,6 +489,19 @@ impl<T: Transport> Api<T> {
     }
 
     // ----- plumbing -------------------------------------------------------------------------
+
+    /// Send `command` carrying a uid or group name (refused when empty, as GatewayWorker does)
+    /// to the client's gateway.
+    fn send_named(
+        &mut self,
+        id: impl ToClientId,
+        command: u8,
+        what: &'static str,
+        name: &str,
+    ) -> Result<(), ApiError> {
+        non_empty(name, what)?;
+        self.send_to_client_gateway(id, command, name.as_bytes())
+    }
 
     fn send_to_client_gateway(
         &mut self,

@@ -83,87 +83,136 @@ fn pairs<T: Into<Json>>(v: Vec<(String, T)>) -> Json {
     Json::Object(v.into_iter().map(|(k, x)| (k, x.into())).collect())
 }
 
-impl Probe {
-    fn run(&self, ctx: &mut Context<'_>, me: ClientId, r: &Json) -> Result<Json, ApiError> {
-        let s = |k: &str| r.get(k).and_then(Json::as_str).unwrap_or("").to_string();
-        let msg = s("msg");
+/// The arguments of a request, read once for every op.
+struct Args {
+    me: ClientId,
+    /// `id`, default: the sender.
+    id: ClientId,
+    msg: String,
+    opts: SendOpts,
+    uids: Vec<String>,
+    groups: Vec<String>,
+    uid: String,
+    group: String,
+}
+
+/// A string argument, empty when missing.
+fn text(r: &Json, k: &str) -> String {
+    r.get(k).and_then(Json::as_str).unwrap_or("").to_string()
+}
+
+fn as_strs(v: &[String]) -> Vec<&str> {
+    v.iter().map(String::as_str).collect()
+}
+
+impl Args {
+    fn read(me: ClientId, r: &Json) -> Result<Args, ApiError> {
         let id = match r.get("id").and_then(Json::as_str) {
             Some(x) => x.parse::<ClientId>().map_err(|_| ApiError::BadClientId(x.to_string()))?,
             None => me,
         };
-        let opts = SendOpts {
-            raw: r.get("raw").and_then(Json::as_bool).unwrap_or(false),
-            binary: r.get("binary").and_then(Json::as_bool).unwrap_or(false),
-        };
-        let uids = strs(r.get("uids"));
-        let uids: Vec<&str> = uids.iter().map(String::as_str).collect();
-        let groups = strs(r.get("groups"));
-        let groups: Vec<&str> = groups.iter().map(String::as_str).collect();
-        let (uid, group) = (s("uid"), s("group"));
-        let session = || match from_json(r.get("session").unwrap_or(&Json::Null)) {
-            Value::Array(a) => a,
-            _ => Array::new(),
-        };
-        Ok(match s("op").as_str() {
-            "whoami" => json!(me.to_string()),
-            "send_to_all" => {
-                let only = if r.get("only").is_some() { Some(ids(r.get("only"))?) } else { None };
-                ctx.send_to_all_opts(&msg, only.as_deref(), &ids(r.get("exclude"))?, opts)?;
-                Json::Null
-            }
-            "send_to_client" => json!(ctx.send_to_client_opts(id, &msg, opts)?),
-            "send_to_current_client" => json!(ctx.send_to_current_client_opts(&msg, opts)?),
-            "send_to_uid" => json!(ctx.send_to_uid_opts(&uids, &msg, opts)?),
-            "send_to_group" => json!(ctx.send_to_group_opts(&groups, &msg, &ids(r.get("exclude"))?, opts)?),
-            "close_client" => {
-                json!(ctx.close_client(id, r.get("msg").and_then(Json::as_str).map(str::as_bytes))?)
-            }
-            "destroy_client" => json!(ctx.destroy_client(id)?),
-            "bind_uid" => json!(ctx.bind_uid(id, &uid)?),
-            "unbind_uid" => json!(ctx.unbind_uid(id, &uid)?),
-            "join_group" => json!(ctx.join_group(id, &group)?),
-            "leave_group" => json!(ctx.leave_group(id, &group)?),
-            "ungroup" => json!(ctx.ungroup(&group)?),
-            "session_set" => {
-                let v = from_json(r.get("value").unwrap_or(&Json::Null));
-                ctx.session()?.insert(Key::from_text(&s("key")), v);
-                Json::Null
-            }
-            "session_get" => array_json(ctx.session()?),
-            "set_session" => json!(ctx.set_session(id, &session())?),
-            "update_session" => json!(ctx.update_session(id, &session())?),
-            "get_session" => ctx.get_session(id)?.map_or(Json::Null, |a| array_json(&a)),
-            "is_online" => json!(ctx.is_online(id)?),
-            "is_uid_online" => json!(ctx.is_uid_online(&uid)?),
-            "get_client_id_by_uid" => id_list(ctx.get_client_id_by_uid(&uid)?),
-            "get_uid_by_client_id" => json!(ctx.get_uid_by_client_id(id)?),
-            "get_client_count_by_group" => json!(ctx.get_client_count_by_group(&group)?),
-            "get_all_client_count" => json!(ctx.get_all_client_count()?),
-            "get_all_client_sessions" => sessions(ctx.get_all_client_sessions()?),
-            "get_client_sessions_by_group" => sessions(ctx.get_client_sessions_by_group(&group)?),
-            "get_all_uid_list" => json!(ctx.get_all_uid_list()?),
-            "get_all_uid_count" => json!(ctx.get_all_uid_count()?),
-            "get_uid_list_by_group" => json!(ctx.get_uid_list_by_group(&group)?),
-            "get_uid_count_by_group" => json!(ctx.get_uid_count_by_group(&group)?),
-            "get_client_id_list_by_group" => id_list(ctx.get_client_id_list_by_group(&group)?),
-            "get_all_client_id_list" => id_list(ctx.get_all_client_id_list()?),
-            "get_all_group_id_list" => json!(ctx.get_all_group_id_list()?),
-            "get_all_group_uid_list" => pairs(ctx.get_all_group_uid_list()?),
-            "get_all_group_uid_count" => pairs(ctx.get_all_group_uid_count()?),
-            "get_all_group_client_id_list" => Json::Object(
-                ctx.get_all_group_client_id_list()?.into_iter().map(|(g, l)| (g, id_list(l))).collect(),
-            ),
-            "get_all_group_client_id_count" => pairs(ctx.get_all_group_client_id_count()?),
-            "batch_get_client_id_by_uid" => Json::Object(
-                ctx.batch_get_client_id_by_uid(&uids)?.into_iter().map(|(u, l)| (u, id_list(l))).collect(),
-            ),
-            "is_uids_online" => pairs(ctx.is_uids_online(&uids)?),
-            "batch_get_client_count_by_group" => pairs(ctx.batch_get_client_count_by_group(&groups)?),
-            "worker" => json!({"name": ctx.worker_name(), "id": ctx.worker_id(), "pid": std::process::id()}),
-            "panic" => panic!("probe: panic requested"),
-            other => json!({"unknown_op": other}),
+        let flag = |k: &str| r.get(k).and_then(Json::as_bool).unwrap_or(false);
+        Ok(Args {
+            me,
+            id,
+            msg: text(r, "msg"),
+            opts: SendOpts { raw: flag("raw"), binary: flag("binary") },
+            uids: strs(r.get("uids")),
+            groups: strs(r.get("groups")),
+            uid: text(r, "uid"),
+            group: text(r, "group"),
         })
     }
+}
+
+impl Probe {
+    fn run(&self, ctx: &mut Context<'_>, me: ClientId, r: &Json) -> Result<Json, ApiError> {
+        let a = Args::read(me, r)?;
+        let op = text(r, "op");
+        match act(ctx, &a, r, &op)? {
+            Some(v) => Ok(v),
+            None => query(ctx, &a, &op),
+        }
+    }
+}
+
+/// The ops that send, close, bind and change sessions; `None` for any other op.
+fn act(ctx: &mut Context<'_>, a: &Args, r: &Json, op: &str) -> Result<Option<Json>, ApiError> {
+    let (id, msg, opts, uid, group) = (a.id, &a.msg, a.opts, &a.uid, &a.group);
+    let session = || match from_json(r.get("session").unwrap_or(&Json::Null)) {
+        Value::Array(a) => a,
+        _ => Array::new(),
+    };
+    Ok(Some(match op {
+        "whoami" => json!(a.me.to_string()),
+        "send_to_all" => {
+            let only = if r.get("only").is_some() { Some(ids(r.get("only"))?) } else { None };
+            ctx.send_to_all_opts(msg, only.as_deref(), &ids(r.get("exclude"))?, opts)?;
+            Json::Null
+        }
+        "send_to_client" => json!(ctx.send_to_client_opts(id, msg, opts)?),
+        "send_to_current_client" => json!(ctx.send_to_current_client_opts(msg, opts)?),
+        "send_to_uid" => json!(ctx.send_to_uid_opts(&as_strs(&a.uids), msg, opts)?),
+        "send_to_group" => {
+            json!(ctx.send_to_group_opts(&as_strs(&a.groups), msg, &ids(r.get("exclude"))?, opts)?)
+        }
+        "close_client" => {
+            json!(ctx.close_client(id, r.get("msg").and_then(Json::as_str).map(str::as_bytes))?)
+        }
+        "destroy_client" => json!(ctx.destroy_client(id)?),
+        "bind_uid" => json!(ctx.bind_uid(id, uid)?),
+        "unbind_uid" => json!(ctx.unbind_uid(id, uid)?),
+        "join_group" => json!(ctx.join_group(id, group)?),
+        "leave_group" => json!(ctx.leave_group(id, group)?),
+        "ungroup" => json!(ctx.ungroup(group)?),
+        "session_set" => {
+            let v = from_json(r.get("value").unwrap_or(&Json::Null));
+            ctx.session()?.insert(Key::from_text(&text(r, "key")), v);
+            Json::Null
+        }
+        "session_get" => array_json(ctx.session()?),
+        "set_session" => json!(ctx.set_session(id, &session())?),
+        "update_session" => json!(ctx.update_session(id, &session())?),
+        _ => return Ok(None),
+    }))
+}
+
+/// The ops that only read, and the diagnostic ones.
+fn query(ctx: &mut Context<'_>, a: &Args, op: &str) -> Result<Json, ApiError> {
+    let (id, uid, group) = (a.id, &a.uid, &a.group);
+    let (uids, groups) = (as_strs(&a.uids), as_strs(&a.groups));
+    Ok(match op {
+        "get_session" => ctx.get_session(id)?.map_or(Json::Null, |a| array_json(&a)),
+        "is_online" => json!(ctx.is_online(id)?),
+        "is_uid_online" => json!(ctx.is_uid_online(uid)?),
+        "get_client_id_by_uid" => id_list(ctx.get_client_id_by_uid(uid)?),
+        "get_uid_by_client_id" => json!(ctx.get_uid_by_client_id(id)?),
+        "get_client_count_by_group" => json!(ctx.get_client_count_by_group(group)?),
+        "get_all_client_count" => json!(ctx.get_all_client_count()?),
+        "get_all_client_sessions" => sessions(ctx.get_all_client_sessions()?),
+        "get_client_sessions_by_group" => sessions(ctx.get_client_sessions_by_group(group)?),
+        "get_all_uid_list" => json!(ctx.get_all_uid_list()?),
+        "get_all_uid_count" => json!(ctx.get_all_uid_count()?),
+        "get_uid_list_by_group" => json!(ctx.get_uid_list_by_group(group)?),
+        "get_uid_count_by_group" => json!(ctx.get_uid_count_by_group(group)?),
+        "get_client_id_list_by_group" => id_list(ctx.get_client_id_list_by_group(group)?),
+        "get_all_client_id_list" => id_list(ctx.get_all_client_id_list()?),
+        "get_all_group_id_list" => json!(ctx.get_all_group_id_list()?),
+        "get_all_group_uid_list" => pairs(ctx.get_all_group_uid_list()?),
+        "get_all_group_uid_count" => pairs(ctx.get_all_group_uid_count()?),
+        "get_all_group_client_id_list" => Json::Object(
+            ctx.get_all_group_client_id_list()?.into_iter().map(|(g, l)| (g, id_list(l))).collect(),
+        ),
+        "get_all_group_client_id_count" => pairs(ctx.get_all_group_client_id_count()?),
+        "batch_get_client_id_by_uid" => Json::Object(
+            ctx.batch_get_client_id_by_uid(&uids)?.into_iter().map(|(u, l)| (u, id_list(l))).collect(),
+        ),
+        "is_uids_online" => pairs(ctx.is_uids_online(&uids)?),
+        "batch_get_client_count_by_group" => pairs(ctx.batch_get_client_count_by_group(&groups)?),
+        "worker" => json!({"name": ctx.worker_name(), "id": ctx.worker_id(), "pid": std::process::id()}),
+        "panic" => panic!("probe: panic requested"),
+        other => json!({"unknown_op": other}),
+    })
 }
 
 impl Events for Probe {

@@ -113,21 +113,25 @@ fn ipv4_key(
 }
 
 fn build(top: &mut Sec<'_>, env: &[(String, String)]) -> Result<Config, ConfigError> {
+    let mut cfg = top_level(top, env)?;
+    let tls_files = tls_files(top, env)?;
+    cfg.register = section(top, "register", register)?;
+    for (i, mut s) in top.tables("gateway")?.into_iter().enumerate() {
+        cfg.gateways.push(gateway(&mut s, i, cfg.production, tls_files.as_ref())?);
+        s.finish()?;
+    }
+    cfg.worker = section(top, "worker", worker)?;
+    cfg.http = section(top, "http", |s| http(s, env))?;
+    check_roles(&cfg, top)?;
+    check_secrets(&mut cfg, top)?;
+    Ok(cfg)
+}
+
+/// The keys of the top level; the sections are left empty for [`build`] to fill.
+fn top_level(top: &mut Sec<'_>, env: &[(String, String)]) -> Result<Config, ConfigError> {
     // Every key is read from the file (so its type is checked and it never counts as
     // unknown), then the environment overrides it.
-    let v = top.string("machine_type", Some("all"))?;
-    let machine_type = match env_get(env, "GW_MACHINE_TYPE") {
-        Some(e) => {
-            parse_machine_type(e).ok_or_else(|| top.env_err("GW_MACHINE_TYPE", e, "all, master or worker"))?
-        }
-        None => parse_machine_type(&v).ok_or_else(|| {
-            top.err(
-                "machine_type",
-                format!("unknown machine type {v:?}"),
-                "use \"all\", \"master\" or \"worker\"",
-            )
-        })?,
-    };
+    let machine_type = machine_type(top, env)?;
     let lan_ip = ipv4_key(top, env, ("lan_ip", "GW_LAN_IP"), "127.0.0.1")?;
     let advertise_ip = ipv4_key(top, env, ("advertise_ip", "GW_ADVERTISE_IP"), &lan_ip.to_string())?;
     if advertise_ip.is_unspecified() {
@@ -137,90 +141,13 @@ fn build(top: &mut Sec<'_>, env: &[(String, String)]) -> Result<Config, ConfigEr
             "with lan_ip = \"0.0.0.0\" set advertise_ip to the address other machines reach this one at",
         ));
     }
-    let list = top.string_or_list("register_address", "127.0.0.1:1236")?;
-    let register_address = match env_get(env, "GW_REGISTER_ADDRESS") {
-        Some(e) => {
-            let list: Vec<String> =
-                e.split(',').map(|s| s.trim().to_string()).filter(|s| !s.is_empty()).collect();
-            parse_register_list(&list)
-                .map_err(|bad| top.env_err("GW_REGISTER_ADDRESS", &bad, "ip:port[,ip:port...]"))?
-        }
-        None => parse_register_list(&list).map_err(|bad| {
-            top.err(
-                "register_address",
-                format!("{bad:?} is not an ip:port address"),
-                "write \"10.0.0.5:1236\" or a list [\"10.0.0.5:1236\", \"10.0.0.6:1236\"]",
-            )
-        })?,
-    };
-    let v = top.string("stage_mode", Some("dev"))?;
-    let stage = env_get(env, "GW_STAGE_MODE").map(str::to_string).unwrap_or(v);
-    let production = match stage.as_str() {
-        "production" | "prod" => true,
-        "dev" | "development" | "local" | "testing" | "test" => false,
-        other => {
-            return Err(top.err(
-                "stage_mode",
-                format!("unknown stage mode {other:?}"),
-                "use \"dev\" or \"production\" (production turns on wss)",
-            ));
-        }
-    };
+    let register_address = register_address(top, env)?;
+    let production = production(top, env)?;
     let v = top.string("secret_key", Some(""))?;
     let secret_key = env_get(env, "GW_SECRET_KEY").map(str::to_string).unwrap_or(v);
     let v = top.string("run_dir", Some("run"))?;
     let run_dir = PathBuf::from(env_get(env, "GW_RUN_DIR").map(str::to_string).unwrap_or(v));
-    let pid_file = top.path("pid_file", &run_dir.join("gatewayworker.pid"))?;
-    let log_file = top.path("log_file", &run_dir.join("gatewayworker.log"))?;
-    let stdout_file = top.path("stdout_file", Path::new("/dev/null"))?;
-    let stop_timeout = top.seconds("stop_timeout", 2.0)?;
-    let reload_timeout = top.seconds("reload_timeout", 10.0)?;
-
-    let tls_files = tls_files(top, env)?;
-    let register = match top.sub("register")? {
-        Some(mut s) => {
-            let (proto, listen) = s.listen("listen", Some("text://0.0.0.0:1236"))?;
-            if proto != "text" {
-                return Err(s.err(
-                    "listen",
-                    format!("the register speaks text, not {proto}"),
-                    "use text://IP:PORT",
-                ));
-            }
-            let auth_timeout = s.seconds("auth_timeout", 10.0)?;
-            s.finish()?;
-            Some(RegisterConf { listen, auth_timeout })
-        }
-        None => None,
-    };
-    let mut gateways = Vec::new();
-    for (i, mut s) in top.tables("gateway")?.into_iter().enumerate() {
-        gateways.push(gateway(&mut s, i, production, tls_files.as_ref())?);
-        s.finish()?;
-    }
-    let worker = match top.sub("worker")? {
-        Some(mut s) => {
-            let w = WorkerConf {
-                name: s.string("name", Some("BusinessWorker"))?,
-                count: s.int("count", 1, 1, 1024)? as u16,
-                app: s.string("app", Some("chat"))?,
-                send_to_gateway_buffer_size: s.int(
-                    "send_to_gateway_buffer_size",
-                    10_240_000,
-                    1024,
-                    1 << 32,
-                )? as usize,
-                query_timeout: s.seconds("query_timeout", 5.0)?,
-                binary_passthrough: s.bool("binary_passthrough", true)?,
-            };
-            s.finish()?;
-            Some(w)
-        }
-        None => None,
-    };
-    let http = http_section(top, env)?;
-
-    let mut cfg = Config {
+    Ok(Config {
         file: top.file.to_path_buf(),
         machine_type,
         lan_ip,
@@ -228,22 +155,104 @@ fn build(top: &mut Sec<'_>, env: &[(String, String)]) -> Result<Config, ConfigEr
         register_address,
         production,
         secret_key,
+        pid_file: top.path("pid_file", &run_dir.join("gatewayworker.pid"))?,
+        log_file: top.path("log_file", &run_dir.join("gatewayworker.log"))?,
+        stdout_file: top.path("stdout_file", Path::new("/dev/null"))?,
+        stop_timeout: top.seconds("stop_timeout", 2.0)?,
+        reload_timeout: top.seconds("reload_timeout", 10.0)?,
         run_dir,
-        pid_file,
-        log_file,
-        stdout_file,
-        stop_timeout,
-        reload_timeout,
-        register,
-        gateways,
-        worker,
-        http,
+        register: None,
+        gateways: Vec::new(),
+        worker: None,
+        http: None,
         allow_empty_secret: false,
         warnings: Vec::new(),
-    };
-    check_roles(&cfg, top)?;
-    check_secrets(&mut cfg, top)?;
-    Ok(cfg)
+    })
+}
+
+fn machine_type(top: &mut Sec<'_>, env: &[(String, String)]) -> Result<MachineType, ConfigError> {
+    let v = top.string("machine_type", Some("all"))?;
+    match env_get(env, "GW_MACHINE_TYPE") {
+        Some(e) => {
+            parse_machine_type(e).ok_or_else(|| top.env_err("GW_MACHINE_TYPE", e, "all, master or worker"))
+        }
+        None => parse_machine_type(&v).ok_or_else(|| {
+            top.err(
+                "machine_type",
+                format!("unknown machine type {v:?}"),
+                "use \"all\", \"master\" or \"worker\"",
+            )
+        }),
+    }
+}
+
+fn register_address(top: &mut Sec<'_>, env: &[(String, String)]) -> Result<Vec<SocketAddrV4>, ConfigError> {
+    let list = top.string_or_list("register_address", "127.0.0.1:1236")?;
+    match env_get(env, "GW_REGISTER_ADDRESS") {
+        Some(e) => {
+            let list: Vec<String> =
+                e.split(',').map(|s| s.trim().to_string()).filter(|s| !s.is_empty()).collect();
+            parse_register_list(&list)
+                .map_err(|bad| top.env_err("GW_REGISTER_ADDRESS", &bad, "ip:port[,ip:port...]"))
+        }
+        None => parse_register_list(&list).map_err(|bad| {
+            top.err(
+                "register_address",
+                format!("{bad:?} is not an ip:port address"),
+                "write \"10.0.0.5:1236\" or a list [\"10.0.0.5:1236\", \"10.0.0.6:1236\"]",
+            )
+        }),
+    }
+}
+
+/// `stage_mode`: true for production (which turns on wss).
+fn production(top: &mut Sec<'_>, env: &[(String, String)]) -> Result<bool, ConfigError> {
+    let v = top.string("stage_mode", Some("dev"))?;
+    let stage = env_get(env, "GW_STAGE_MODE").map(str::to_string).unwrap_or(v);
+    match stage.as_str() {
+        "production" | "prod" => Ok(true),
+        "dev" | "development" | "local" | "testing" | "test" => Ok(false),
+        other => Err(top.err(
+            "stage_mode",
+            format!("unknown stage mode {other:?}"),
+            "use \"dev\" or \"production\" (production turns on wss)",
+        )),
+    }
+}
+
+/// An optional section `key`, read by `read` and then checked for unknown keys.
+fn section<T>(
+    top: &mut Sec<'_>,
+    key: &str,
+    read: impl FnOnce(&mut Sec<'_>) -> Result<T, ConfigError>,
+) -> Result<Option<T>, ConfigError> {
+    let Some(mut s) = top.sub(key)? else { return Ok(None) };
+    let v = read(&mut s)?;
+    s.finish()?;
+    Ok(Some(v))
+}
+
+/// `[register]`.
+fn register(s: &mut Sec<'_>) -> Result<RegisterConf, ConfigError> {
+    let (proto, listen) = s.listen("listen", Some("text://0.0.0.0:1236"))?;
+    if proto != "text" {
+        return Err(s.err("listen", format!("the register speaks text, not {proto}"), "use text://IP:PORT"));
+    }
+    let auth_timeout = s.seconds("auth_timeout", 10.0)?;
+    Ok(RegisterConf { listen, auth_timeout })
+}
+
+/// `[worker]`.
+fn worker(s: &mut Sec<'_>) -> Result<WorkerConf, ConfigError> {
+    Ok(WorkerConf {
+        name: s.string("name", Some("BusinessWorker"))?,
+        count: s.int("count", 1, 1, 1024)? as u16,
+        app: s.string("app", Some("chat"))?,
+        send_to_gateway_buffer_size: s.int("send_to_gateway_buffer_size", 10_240_000, 1024, 1 << 32)?
+            as usize,
+        query_timeout: s.seconds("query_timeout", 5.0)?,
+        binary_passthrough: s.bool("binary_passthrough", true)?,
+    })
 }
 
 /// `allow_empty_secret`, then the exposure and length checks of the secret.
@@ -328,12 +337,8 @@ fn gateway(
         None
     };
     let ping_data = s.string("ping_data", Some(""))?.into_bytes();
-    let limits = match s.sub("limits")? {
-        Some(mut l) => {
-            let v = limits(&mut l)?;
-            l.finish()?;
-            v
-        }
+    let limits = match section(s, "limits", limits)? {
+        Some(v) => v,
         None => limits(&mut Sec::empty(s.file, &format!("{}.limits", s.path)))?,
     };
     Ok(GatewayConf {
@@ -375,13 +380,6 @@ fn limits(l: &mut Sec<'_>) -> Result<GatewayLimits, ConfigError> {
         max_uid_len: l.int("max_uid_len", 256, 1, 1 << 20)? as usize,
         max_session_size: l.int("max_session_size", 1 << 20, 16, 1 << 30)? as usize,
     })
-}
-
-fn http_section(top: &mut Sec<'_>, env: &[(String, String)]) -> Result<Option<HttpConf>, ConfigError> {
-    let Some(mut s) = top.sub("http")? else { return Ok(None) };
-    let h = http(&mut s, env)?;
-    s.finish()?;
-    Ok(Some(h))
 }
 
 /// `[http]`: listener and limits; the API key comes from `.env` / the environment only.

@@ -47,49 +47,52 @@ fn labels(r: &Row) -> String {
     format!("role=\"{}\",name=\"{}\",id=\"{}\",pid=\"{}\"", r.role.name(), escape(&r.name), r.id, r.pid)
 }
 
-fn family(o: &mut String, name: &str, kind: &str, help: &str) {
+/// A family's header; by the Prometheus naming rule a name ending in `_total` is a counter,
+/// any other a gauge.
+fn family(o: &mut String, name: &str, help: &str) {
+    let kind = if name.ends_with("_total") { "counter" } else { "gauge" };
     let _ = writeln!(o, "# HELP {name} {help}\n# TYPE {name} {kind}");
 }
 
-type Family = (&'static str, &'static str, &'static str, fn(&Row) -> u64);
+type Family = (&'static str, &'static str, fn(&Row) -> u64);
 
-/// Families with one sample per process: name, type, help, value.
+/// Families with one sample per process: name, help, value.
 const PER_PROCESS: [Family; 8] = [
     (
         "gatewayworker_process_connections",
-        "gauge",
         "Open sockets of a process: clients, links between processes, register links.",
         |r| r.connections,
     ),
-    (
-        "gatewayworker_messages_received_total",
-        "counter",
-        "Complete messages and packets decoded by a process.",
-        |r| r.total_request,
-    ),
-    ("gatewayworker_received_bytes_total", "counter", "Bytes read from sockets.", |r| r.bytes_read),
-    ("gatewayworker_sent_bytes_total", "counter", "Bytes written to sockets.", |r| r.bytes_written),
+    ("gatewayworker_messages_received_total", "Complete messages and packets decoded by a process.", |r| {
+        r.total_request
+    }),
+    ("gatewayworker_received_bytes_total", "Bytes read from sockets.", |r| r.bytes_read),
+    ("gatewayworker_sent_bytes_total", "Bytes written to sockets.", |r| r.bytes_written),
     (
         "gatewayworker_send_failures_total",
-        "counter",
         "Messages dropped because a send buffer was full or the peer gone.",
         |r| r.send_fail,
     ),
-    ("gatewayworker_timers", "gauge", "Armed timers of a process.", |r| r.timers),
-    ("gatewayworker_resident_memory_bytes", "gauge", "Resident memory of a process.", |r| r.memory),
-    (
-        "gatewayworker_process_busy",
-        "gauge",
-        "1 when a process has not turned its event loop for 3 seconds.",
-        |r| u64::from(r.busy),
-    ),
+    ("gatewayworker_timers", "Armed timers of a process.", |r| r.timers),
+    ("gatewayworker_resident_memory_bytes", "Resident memory of a process.", |r| r.memory),
+    ("gatewayworker_process_busy", "1 when a process has not turned its event loop for 3 seconds.", |r| {
+        u64::from(r.busy)
+    }),
 ];
 
 /// One family with a sample per process.
-fn per_process(o: &mut String, s: &Snapshot, name: &str, kind: &str, help: &str, v: fn(&Row) -> u64) {
-    family(o, name, kind, help);
+fn per_process(o: &mut String, s: &Snapshot, name: &str, help: &str, v: fn(&Row) -> u64) {
+    family(o, name, help);
     for r in &s.rows {
         let _ = writeln!(o, "{name}{{{}}} {}", labels(r), v(r));
+    }
+}
+
+/// One family with a sample per process name, from the exit records (name, count, status).
+fn per_name(o: &mut String, s: &Snapshot, name: &str, help: &str, v: fn(&(String, u64, u64)) -> u64) {
+    family(o, name, help);
+    for e in &s.exits {
+        let _ = writeln!(o, "{name}{{name=\"{}\"}} {}", escape(&e.0), v(e));
     }
 }
 
@@ -97,7 +100,7 @@ fn per_process(o: &mut String, s: &Snapshot, name: &str, kind: &str, help: &str,
 /// that answered.
 pub fn render(s: &Snapshot, clients: &[(String, u16, u64)]) -> String {
     let mut o = String::new();
-    family(&mut o, "gatewayworker_connections", "gauge", "Client connections held by a gateway process.");
+    family(&mut o, "gatewayworker_connections", "Client connections held by a gateway process.");
     for (name, id, n) in clients {
         let pid = s.rows.iter().find(|r| r.role.name() == "gateway" && r.name == *name && r.id == *id as u32);
         let pid = pid.map_or(0, |r| r.pid);
@@ -107,13 +110,12 @@ pub fn render(s: &Snapshot, clients: &[(String, u16, u64)]) -> String {
             escape(name)
         );
     }
-    for (name, kind, help, value) in PER_PROCESS {
-        per_process(&mut o, s, name, kind, help, value);
+    for (name, help, value) in PER_PROCESS {
+        per_process(&mut o, s, name, help, value);
     }
     family(
         &mut o,
         "gatewayworker_limit_hits_total",
-        "counter",
         "Limits hit: connections refused or paused, oversize input, timeouts, slow clients, uid/group refusals, bad input.",
     );
     for r in &s.rows {
@@ -129,7 +131,6 @@ pub fn render(s: &Snapshot, clients: &[(String, u16, u64)]) -> String {
     family(
         &mut o,
         "gatewayworker_process_state",
-        "gauge",
         "1 for the life-cycle state a process is in (starting, idle = serving, draining).",
     );
     for r in &s.rows {
@@ -140,38 +141,36 @@ pub fn render(s: &Snapshot, clients: &[(String, u16, u64)]) -> String {
 }
 
 fn global(o: &mut String, s: &Snapshot) {
-    family(
+    per_name(
         o,
+        s,
         "gatewayworker_exits_total",
-        "counter",
         "Process exits (crashes, reloads, stops) per process name.",
+        |e| e.1,
     );
-    for (name, count, _) in &s.exits {
-        let _ = writeln!(o, "gatewayworker_exits_total{{name=\"{}\"}} {count}", escape(name));
-    }
-    family(
+    per_name(
         o,
+        s,
         "gatewayworker_last_exit_status",
-        "gauge",
         "Raw wait status of the last exit per process name.",
+        |e| e.2,
     );
-    for (name, _, status) in &s.exits {
-        let _ = writeln!(o, "gatewayworker_last_exit_status{{name=\"{}\"}} {status}", escape(name));
+    let uptime = (unix_millis() / 1000).saturating_sub(s.started);
+    let scalars = [
+        ("gatewayworker_reloads_total", "Completed reloads of the business workers.", s.reloads),
+        ("gatewayworker_start_time_seconds", "Unix time the master started.", s.started),
+        ("gatewayworker_uptime_seconds", "Seconds since the master started.", uptime),
+        (
+            "gatewayworker_empty_secret_exposed",
+            "1 when a register or inner port listens off loopback with an empty secret (allow_empty_secret).",
+            u64::from(s.empty_secret_exposed),
+        ),
+    ];
+    for (name, help, value) in scalars {
+        family(o, name, help);
+        let _ = writeln!(o, "{name} {value}");
     }
-    family(o, "gatewayworker_reloads_total", "counter", "Completed reloads of the business workers.");
-    let _ = writeln!(o, "gatewayworker_reloads_total {}", s.reloads);
-    family(o, "gatewayworker_start_time_seconds", "gauge", "Unix time the master started.");
-    let _ = writeln!(o, "gatewayworker_start_time_seconds {}", s.started);
-    family(o, "gatewayworker_uptime_seconds", "gauge", "Seconds since the master started.");
-    let _ = writeln!(o, "gatewayworker_uptime_seconds {}", (unix_millis() / 1000).saturating_sub(s.started));
-    family(
-        o,
-        "gatewayworker_empty_secret_exposed",
-        "gauge",
-        "1 when a register or inner port listens off loopback with an empty secret (allow_empty_secret).",
-    );
-    let _ = writeln!(o, "gatewayworker_empty_secret_exposed {}", u8::from(s.empty_secret_exposed));
-    family(o, "gatewayworker_processes", "gauge", "Live processes per role.");
+    family(o, "gatewayworker_processes", "Live processes per role.");
     for role in ["master", "register", "gateway", "worker", "http"] {
         let n = s.rows.iter().filter(|r| r.role.name() == role).count();
         let _ = writeln!(o, "gatewayworker_processes{{role=\"{role}\"}} {n}");

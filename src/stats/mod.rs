@@ -28,15 +28,10 @@ pub enum Role {
 }
 
 impl Role {
+    const STORED: [Role; 5] = [Role::Master, Role::Register, Role::Gateway, Role::Worker, Role::Http];
+
     fn from_u32(v: u32) -> Role {
-        match v {
-            1 => Role::Master,
-            2 => Role::Register,
-            3 => Role::Gateway,
-            4 => Role::Worker,
-            5 => Role::Http,
-            _ => Role::Empty,
-        }
+        Role::STORED.into_iter().find(|r| *r as u32 == v).unwrap_or(Role::Empty)
     }
 
     pub fn name(self) -> &'static str {
@@ -66,14 +61,10 @@ pub enum State {
 }
 
 impl State {
+    const ALL: [State; 4] = [State::Starting, State::Ready, State::Draining, State::Exited];
+
     fn from_u32(v: u32) -> Option<State> {
-        match v {
-            1 => Some(State::Starting),
-            2 => Some(State::Ready),
-            3 => Some(State::Draining),
-            4 => Some(State::Exited),
-            _ => None,
-        }
+        State::ALL.into_iter().find(|s| *s as u32 == v)
     }
 
     pub fn name(self) -> &'static str {

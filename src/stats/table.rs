@@ -2,6 +2,7 @@
 //! section, per-process lines, summary) or as JSON.
 
 use std::fmt::Write as _;
+use std::sync::atomic::Ordering;
 
 use super::{Role, Shm, Slot, State, pid_alive, unix_millis};
 
@@ -55,62 +56,73 @@ pub fn snapshot(shm: &Shm) -> Snapshot {
             continue;
         }
         let name = slot.name();
-        let ec = Slot::get(&slot.exit_count);
-        match exits.iter_mut().find(|(n, _, _)| *n == name) {
-            Some(e) => {
-                e.1 += ec;
-                if ec > 0 {
-                    e.2 = Slot::get(&slot.last_exit_status);
-                }
-            }
-            None => {
-                exits.push((name.clone(), ec, if ec > 0 { Slot::get(&slot.last_exit_status) } else { 0 }))
-            }
+        count_exits(&mut exits, &name, slot);
+        if let Some(r) = live_row(slot, role, name, now) {
+            rows.push(r);
         }
-        let pid = slot.pid.load(std::sync::atomic::Ordering::Relaxed);
-        let state = match slot.state() {
-            Some(State::Exited) | None => continue,
-            Some(s) => s,
-        };
-        if !pid_alive(pid) {
-            continue;
-        }
-        let hb = Slot::get(&slot.heartbeat);
-        rows.push(Row {
-            pid,
-            role,
-            id: slot.id.load(std::sync::atomic::Ordering::Relaxed),
-            name,
-            listen: slot.listen(),
-            state,
-            memory: Slot::get(&slot.memory),
-            connections: Slot::get(&slot.connections),
-            send_fail: Slot::get(&slot.send_fail),
-            timers: Slot::get(&slot.timers),
-            total_request: Slot::get(&slot.total_request),
-            bytes_read: Slot::get(&slot.bytes_read),
-            bytes_written: Slot::get(&slot.bytes_written),
-            limits: [
-                Slot::get(&slot.limit_conn),
-                Slot::get(&slot.limit_size),
-                Slot::get(&slot.limit_handshake),
-                Slot::get(&slot.limit_idle),
-                Slot::get(&slot.limit_slow),
-                Slot::get(&slot.limit_index),
-                Slot::get(&slot.bad_input),
-            ],
-            busy: hb != 0 && now.saturating_sub(hb) > 3000,
-        });
     }
     Snapshot {
-        master_pid: h.master_pid.load(std::sync::atomic::Ordering::Relaxed),
-        started: h.started.load(std::sync::atomic::Ordering::Relaxed),
-        daemon: h.daemon.load(std::sync::atomic::Ordering::Relaxed) != 0,
-        reloads: h.reloads.load(std::sync::atomic::Ordering::Relaxed),
-        empty_secret_exposed: h.empty_secret_exposed.load(std::sync::atomic::Ordering::Relaxed) != 0,
+        master_pid: h.master_pid.load(Ordering::Relaxed),
+        started: h.started.load(Ordering::Relaxed),
+        daemon: h.daemon.load(Ordering::Relaxed) != 0,
+        reloads: h.reloads.load(Ordering::Relaxed),
+        empty_secret_exposed: h.empty_secret_exposed.load(Ordering::Relaxed) != 0,
         rows,
         exits,
     }
+}
+
+/// Add the exits of `slot` to those of its name.
+fn count_exits(exits: &mut Exits, name: &str, slot: &Slot) {
+    let ec = Slot::get(&slot.exit_count);
+    let last = if ec > 0 { Slot::get(&slot.last_exit_status) } else { 0 };
+    match exits.iter_mut().find(|(n, _, _)| n == name) {
+        Some(e) => {
+            e.1 += ec;
+            if ec > 0 {
+                e.2 = last;
+            }
+        }
+        None => exits.push((name.to_string(), ec, last)),
+    }
+}
+
+/// The row of a slot whose process is alive and has not exited.
+fn live_row(slot: &Slot, role: Role, name: String, now: u64) -> Option<Row> {
+    let pid = slot.pid.load(Ordering::Relaxed);
+    let state = match slot.state() {
+        Some(State::Exited) | None => return None,
+        Some(s) => s,
+    };
+    if !pid_alive(pid) {
+        return None;
+    }
+    let hb = Slot::get(&slot.heartbeat);
+    Some(Row {
+        pid,
+        role,
+        id: slot.id.load(Ordering::Relaxed),
+        name,
+        listen: slot.listen(),
+        state,
+        memory: Slot::get(&slot.memory),
+        connections: Slot::get(&slot.connections),
+        send_fail: Slot::get(&slot.send_fail),
+        timers: Slot::get(&slot.timers),
+        total_request: Slot::get(&slot.total_request),
+        bytes_read: Slot::get(&slot.bytes_read),
+        bytes_written: Slot::get(&slot.bytes_written),
+        limits: [
+            Slot::get(&slot.limit_conn),
+            Slot::get(&slot.limit_size),
+            Slot::get(&slot.limit_handshake),
+            Slot::get(&slot.limit_idle),
+            Slot::get(&slot.limit_slow),
+            Slot::get(&slot.limit_index),
+            Slot::get(&slot.bad_input),
+        ],
+        busy: hb != 0 && now.saturating_sub(hb) > 3000,
+    })
 }
 
 /// Printed by `status` (table and JSON) while an empty secret is allowed off loopback.
