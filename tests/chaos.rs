@@ -1354,3 +1354,103 @@ fn gateway_client_pushes_arrive_while_the_register_restarts() {
     assert!(c.pids("register").iter().all(|p| !old.contains(p)), "the register was restarted");
     c.stop();
 }
+
+// ----- the accounting itself ----------------------------------------------------------------
+
+fn fault(kind: Kind, at: Instant, lasts: Duration, gateway: Option<&str>, pids: &[u32]) -> Fault {
+    let (gateway, pids) = (gateway.map(str::to_string), pids.to_vec());
+    Fault { kind, at, until: at + lasts, gateway, pids, what: String::new() }
+}
+
+fn msg(sent: Instant, gw: &str, worker: u32, recipients: &[usize]) -> Msg {
+    let (sender_gw, sender_worker) = (Some(gw.to_string()), Some(worker));
+    Msg {
+        class: Class::PushUid,
+        sent,
+        sender_gw,
+        sender_worker,
+        recipients: recipients.to_vec(),
+        refused: false,
+    }
+}
+
+fn ledger(faults: Vec<Fault>, msgs: Vec<Msg>) -> Ledger {
+    Ledger { msgs, faults, outages: vec![Vec::new(); 2], ..Ledger::default() }
+}
+
+fn secs(s: f64) -> Duration {
+    Duration::from_secs_f64(s)
+}
+
+#[test]
+fn losses_are_excused_only_in_the_window_of_a_fault_on_their_path() {
+    let t = Instant::now();
+    let kill_a = fault(Kind::GatewayKill, t, Duration::ZERO, Some("A"), &[1]);
+    let kill_7 = fault(Kind::WorkerKill, t, Duration::ZERO, None, &[7]);
+    let unplug = fault(Kind::LinkDown, t, secs(20.0), None, &[8]);
+    let calm = [Kind::Reload, Kind::SigStop, Kind::RegisterKill, Kind::DiskFull]
+        .map(|k| fault(k, t, secs(5.0), Some("A"), &[7, 8]));
+    let mut faults = vec![kill_a, kill_7, unplug];
+    faults.extend(calm);
+    let cases = [
+        (msg(t - secs(1.0), "A", 9, &[0]), Some(Kind::GatewayKill)),
+        (msg(t - secs(3.0), "A", 9, &[0]), None),
+        (msg(t - secs(1.0), "B", 9, &[0]), None),
+        (msg(t - secs(1.5), "B", 7, &[0]), Some(Kind::WorkerKill)),
+        (msg(t + secs(1.5), "B", 7, &[0]), None),
+        (msg(t + secs(9.0), "B", 8, &[0]), Some(Kind::LinkDown)),
+        (msg(t + secs(11.5), "B", 8, &[0]), None),
+        (msg(t + secs(2.0), "B", 6, &[0]), None),
+    ];
+    let l = ledger(faults, cases.iter().map(|(m, _)| m.clone()).collect());
+    for (id, (_, want)) in cases.iter().enumerate() {
+        assert_eq!(l.expected_loss(id as u64, 0), *want, "case {id}");
+    }
+}
+
+#[test]
+fn a_client_of_a_killed_gateway_may_miss_what_was_sent_until_it_is_back() {
+    let t = Instant::now();
+    let msgs = vec![msg(t + secs(3.0), "B", 9, &[1]), msg(t + secs(5.0), "B", 9, &[1])];
+    let mut l = ledger(vec![fault(Kind::GatewayKill, t, Duration::ZERO, Some("A"), &[1])], msgs);
+    let back = Some(t + secs(4.0));
+    let out = |gw: &str, from: Instant| Outage {
+        from,
+        to: back,
+        gw: gw.into(),
+        why: String::new(),
+        no_reply: false,
+    };
+    l.outages[1].push(out("B", t + secs(0.5)));
+    assert_eq!(l.expected_loss(0, 1), None, "disconnected from a gateway nobody killed");
+    assert!(!l.faults.iter().any(|f| explained_by(&l.outages[1][0], f)));
+    l.outages[1][0] = out("A", t + secs(0.5));
+    assert_eq!(l.expected_loss(0, 1), Some(Kind::GatewayKill));
+    assert_eq!(l.expected_loss(1, 1), None, "sent after it was bound again");
+    l.outages[1][0] = out("A", t + secs(7.0));
+    assert_eq!(l.expected_loss(0, 1), None, "disconnected too long after the kill");
+}
+
+#[test]
+fn the_account_counts_each_recipient_once_and_flags_copies_and_losses() {
+    let t = Instant::now();
+    let faults = vec![fault(Kind::WorkerKill, t, Duration::ZERO, None, &[7])];
+    let mut l = ledger(faults, vec![msg(t, "A", 7, &[0, 1]), msg(t, "A", 9, &[0, 1])]);
+    l.received(0, 0);
+    l.received(1, 0);
+    l.received(1, 0);
+    let o = account(&l);
+    let r = o.rows[&("worker_kill", Class::PushUid)];
+    assert_eq!((r.sent, r.once, r.dup, r.expected, r.unexpected), (4, 1, 1, 1, 1));
+    assert_eq!(o.samples.len(), 2, "{:?}", o.samples);
+}
+
+#[test]
+fn memory_growth_is_flagged_only_when_sustained() {
+    let flat: Vec<Vec<u64>> = (0..20).map(|i| vec![50_000 + (i % 3) * 3000]).collect();
+    assert!(rss_growth(&flat).is_empty());
+    let spike: Vec<Vec<u64>> = (0..20).map(|i| vec![if i == 10 { 200_000 } else { 50_000 }]).collect();
+    assert!(rss_growth(&spike).is_empty());
+    let leak: Vec<Vec<u64>> = (0..20).map(|i| vec![50_000 + i * 5000]).collect();
+    assert_eq!(rss_growth(&leak).len(), 1);
+}
