@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# Short fuzzing runs for CI: every cargo-fuzz target of fuzz/fuzz_targets/ for
+# FUZZ_SECONDS (default 30) each, from the seed corpora, on top of the regression replay
+# that `cargo test --test fuzz_regressions` does. Installs cargo-fuzz when it is missing.
+# A crash fails the script; its input is in fuzz/artifacts/<target>/ (see fuzz/README.md).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+seconds="${FUZZ_SECONDS:-30}"
+t0=$(date +%s)
+if ! cargo fuzz --version >/dev/null 2>&1; then
+  cargo install --locked cargo-fuzz
+fi
+t1=$(date +%s)
+export RUSTC_BOOTSTRAP=1
+cargo run --quiet --manifest-path fuzz/Cargo.toml --example seed_corpora
+cargo fuzz build
+t2=$(date +%s)
+mkdir -p fuzz/artifacts
+for target in $(cargo fuzz list); do
+  log="fuzz/artifacts/${target}.log"
+  if ! cargo fuzz run "$target" -- -max_total_time="$seconds" -max_len=16384 -print_final_stats=1 >"$log" 2>&1; then
+    tail -n 40 "$log" >&2
+    echo "fuzz: ${target} failed; input in fuzz/artifacts/${target}/, output in ${log}" >&2
+    exit 1
+  fi
+  runs=$(grep -m1 '^stat::number_of_executed_units' "$log" | awk '{print $2}')
+  echo "fuzz: ${target}: ${seconds} s, ${runs:-?} inputs, no failure"
+done
+t3=$(date +%s)
+echo "fuzz: install $((t1 - t0)) s, build $((t2 - t1)) s, runs $((t3 - t2)) s"
