@@ -26,8 +26,11 @@
 //! - the business worker that served its sender was SIGKILLed from `IN_FLIGHT` before the
 //!   send to `ROUTE_SWITCH` after it (events it had read but not processed);
 //! - that worker's machine was unplugged: sent from `IN_FLIGHT` before the cable was pulled
-//!   until it was put back, at most `PEER_TIMEOUT` (the inner links' keepalive detection)
-//!   plus `ROUTE_SWITCH` after the pull;
+//!   until `PEER_TIMEOUT` (the inner links' detection window: keepalive and user timeout)
+//!   plus `ROUTE_SWITCH` after the pull, also when the cable was back sooner (TCP backs off
+//!   its retransmissions, so the next one may come after the user timeout expired); the same when that worker had been reloaded or
+//!   killed before the send (the gateway routed the sender anew, maybe to the unplugged
+//!   machine, whose workers it still takes for alive);
 //! - the API refused it at send time (counted apart: "refused", not "sent").
 //!
 //! Anything else lost (reload, SIGSTOP, register kill, full disk, or no fault at all) is an
@@ -255,7 +258,9 @@ impl Ledger {
                 }
                 Kind::WorkerKill => by_worker(f) && sent_in(f.at, f.at + ROUTE_SWITCH),
                 Kind::LinkDown => {
-                    by_worker(f) && sent_in(f.at, f.until.min(f.at + PEER_TIMEOUT) + ROUTE_SWITCH)
+                    // Whether or not the cable is back: a retransmission backed off past its
+                    // return can still run into the user timeout.
+                    (by_worker(f) || self.rerouted(m)) && sent_in(f.at, f.at + PEER_TIMEOUT + ROUTE_SWITCH)
                 }
                 _ => false,
             };
@@ -264,6 +269,14 @@ impl Ledger {
             }
         }
         None
+    }
+
+    /// The worker that last served the sender had been reloaded or killed when the message
+    /// was sent: the gateway chose another one, maybe one on an unplugged machine that it
+    /// still takes for alive.
+    fn rerouted(&self, m: &Msg) -> bool {
+        let gone = |f: &Fault| matches!(f.kind, Kind::Reload | Kind::WorkerKill) && f.at <= m.sent;
+        m.sender_worker.is_some_and(|p| self.faults.iter().any(|f| gone(f) && f.pids.contains(&p)))
     }
 
     /// The fault kind whose time the message was sent in ("calm": none).
@@ -276,7 +289,7 @@ impl Ledger {
 /// A churn cycle without a reply is explained by a worker machine unplugged during it (its
 /// requests may have gone to a worker there).
 fn unanswered_in(o: &Outage, f: &Fault) -> bool {
-    let end = f.until.min(f.at + PEER_TIMEOUT) + ROUTE_SWITCH;
+    let end = f.at + PEER_TIMEOUT + ROUTE_SWITCH;
     o.no_reply && f.kind == Kind::LinkDown && f.at <= o.to.unwrap_or(o.from) && o.from <= end
 }
 
@@ -859,11 +872,11 @@ impl Injector {
         let up: Vec<usize> = (0..c.workers.len()).filter(|w| !self.down(*w)).collect();
         let Some(&w) = self.rng.pick(&up) else { return self.skipped(Kind::Reload, "no machine plugged in") };
         let m = &c.workers[w];
-        let at = Instant::now();
+        let (at, old) = (Instant::now(), m.pids("worker"));
         let out = m.cli(&["reload"]);
         let text = String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
         let what = format!("{}: {}", m.host.name, text.trim().lines().last().unwrap_or(""));
-        self.note(Kind::Reload, at.elapsed(), None, Vec::new(), what);
+        self.note(Kind::Reload, at.elapsed(), None, old, what);
         assert!(out.status.success() && text.contains("reload done"), "reload on {}: {text}", m.host.name);
     }
 
@@ -1387,10 +1400,14 @@ fn losses_are_excused_only_in_the_window_of_a_fault_on_their_path() {
     let t = Instant::now();
     let kill_a = fault(Kind::GatewayKill, t, Duration::ZERO, Some("A"), &[1]);
     let kill_7 = fault(Kind::WorkerKill, t, Duration::ZERO, None, &[7]);
-    let unplug = fault(Kind::LinkDown, t, secs(20.0), None, &[8]);
+    let u = t + secs(30.0);
+    let unplug = fault(Kind::LinkDown, u, secs(5.0), None, &[8]);
     let calm = [Kind::Reload, Kind::SigStop, Kind::RegisterKill, Kind::DiskFull]
-        .map(|k| fault(k, t, secs(5.0), Some("A"), &[7, 8]));
-    let mut faults = vec![kill_a, kill_7, unplug];
+        .map(|k| fault(k, t, secs(5.0), Some("A"), &[9]));
+    // Workers 5 (reloaded) and 7 (killed) were gone before the cable was pulled: their
+    // clients were routed anew, maybe to the unplugged machine.
+    let reload = fault(Kind::Reload, u - secs(1.0), secs(0.5), None, &[5]);
+    let mut faults = vec![kill_a, kill_7, unplug, reload];
     faults.extend(calm);
     let cases = [
         (msg(t - secs(1.0), "A", 9, &[0]), Some(Kind::GatewayKill)),
@@ -1398,9 +1415,13 @@ fn losses_are_excused_only_in_the_window_of_a_fault_on_their_path() {
         (msg(t - secs(1.0), "B", 9, &[0]), None),
         (msg(t - secs(1.5), "B", 7, &[0]), Some(Kind::WorkerKill)),
         (msg(t + secs(1.5), "B", 7, &[0]), None),
-        (msg(t + secs(9.0), "B", 8, &[0]), Some(Kind::LinkDown)),
-        (msg(t + secs(11.5), "B", 8, &[0]), None),
+        (msg(u + secs(9.0), "B", 8, &[0]), Some(Kind::LinkDown)),
+        (msg(u + secs(10.5), "B", 8, &[0]), Some(Kind::LinkDown)),
+        (msg(u + secs(11.5), "B", 8, &[0]), None),
         (msg(t + secs(2.0), "B", 6, &[0]), None),
+        (msg(u + secs(3.0), "B", 5, &[0]), Some(Kind::LinkDown)),
+        (msg(u + secs(3.0), "B", 7, &[0]), Some(Kind::LinkDown)),
+        (msg(u + secs(3.0), "B", 4, &[0]), None),
     ];
     let l = ledger(faults, cases.iter().map(|(m, _)| m.clone()).collect());
     for (id, (_, want)) in cases.iter().enumerate() {
