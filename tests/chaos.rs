@@ -293,10 +293,12 @@ fn unanswered_in(o: &Outage, f: &Fault) -> bool {
     o.no_reply && f.kind == Kind::LinkDown && f.at <= o.to.unwrap_or(o.from) && o.from <= end
 }
 
-/// A gateway kill explains a disconnection seen shortly after it.
+/// A gateway kill explains a disconnection seen shortly after it. A churn client reset
+/// before it learnt its gateway (`gw` empty) may have been in the accept queue of any
+/// gateway process: a kill of any of them explains it.
 fn explained_by(o: &Outage, f: &Fault) -> bool {
     f.kind == Kind::GatewayKill
-        && f.gateway.as_deref() == Some(&o.gw)
+        && (o.gw.is_empty() || f.gateway.as_deref() == Some(&o.gw))
         && f.at <= o.from + ROUTE_SWITCH
         && o.from <= f.at + KILL_SEEN
 }
@@ -623,6 +625,7 @@ fn churn(env: Env, slot: usize, addr: SocketAddr, seed: u64) -> Result<(), Strin
 }
 
 fn churn_once(c: &mut Client) -> Result<(), String> {
+    c.gw.clear();
     c.join()?;
     c.call(json!({"op": "join_group", "group": "churn"}))?;
     let m = Msg {
@@ -797,8 +800,16 @@ fn signal(pid: u32, sig: i32) {
 }
 
 impl Injector {
-    fn note(&mut self, kind: Kind, dur: Duration, gateway: Option<String>, pids: Vec<u32>, what: String) {
-        let at = Instant::now();
+    /// Record a fault that began at `at` and lasts `dur` from then.
+    fn note(
+        &mut self,
+        kind: Kind,
+        at: Instant,
+        dur: Duration,
+        gateway: Option<String>,
+        pids: Vec<u32>,
+        what: String,
+    ) {
         println!("fault {:>6.1}s {:<13} {what}", since_start(at), kind.name());
         self.counts.entry(kind.name()).or_default().0 += 1;
         self.ledger.lock().unwrap().faults.push(Fault { kind, at, until: at + dur, gateway, pids, what });
@@ -824,7 +835,14 @@ impl Injector {
             Kind::RegisterKill => {
                 let pids = c.master.pids("register");
                 pids.iter().for_each(|p| signal(*p, libc::SIGKILL));
-                self.note(kind, Duration::ZERO, None, pids.clone(), format!("register {pids:?}"));
+                self.note(
+                    kind,
+                    Instant::now(),
+                    Duration::ZERO,
+                    None,
+                    pids.clone(),
+                    format!("register {pids:?}"),
+                );
             }
             Kind::LinkDown => self.link_down(c),
             Kind::Reload => self.reload(c),
@@ -841,7 +859,7 @@ impl Injector {
         };
         signal(pid, libc::SIGKILL);
         let what = format!("worker {pid} on {}", c.workers[w].host.name);
-        self.note(Kind::WorkerKill, Duration::ZERO, None, vec![pid], what);
+        self.note(Kind::WorkerKill, Instant::now(), Duration::ZERO, None, vec![pid], what);
     }
 
     fn gateway_kill(&mut self, c: &Cluster) {
@@ -850,7 +868,7 @@ impl Injector {
         let addr = c.gateway_addr(row);
         signal(row.pid, libc::SIGKILL);
         let what = format!("gateway {} ({} {addr})", row.pid, row.name);
-        self.note(Kind::GatewayKill, Duration::ZERO, Some(addr), vec![row.pid], what);
+        self.note(Kind::GatewayKill, Instant::now(), Duration::ZERO, Some(addr), vec![row.pid], what);
     }
 
     fn link_down(&mut self, c: &Cluster) {
@@ -865,7 +883,7 @@ impl Injector {
         c.workers[w].host.unplug();
         self.pending.push((Instant::now() + dur, Undo::Plug(w)));
         let what = format!("{} unplugged for {dur:?}", c.workers[w].host.name);
-        self.note(Kind::LinkDown, dur, None, pids, what);
+        self.note(Kind::LinkDown, Instant::now(), dur, None, pids, what);
     }
 
     fn reload(&mut self, c: &Cluster) {
@@ -876,7 +894,7 @@ impl Injector {
         let out = m.cli(&["reload"]);
         let text = String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
         let what = format!("{}: {}", m.host.name, text.trim().lines().last().unwrap_or(""));
-        self.note(Kind::Reload, at.elapsed(), None, old, what);
+        self.note(Kind::Reload, at, at.elapsed(), None, old, what);
         assert!(out.status.success() && text.contains("reload done"), "reload on {}: {text}", m.host.name);
     }
 
@@ -884,9 +902,10 @@ impl Injector {
         if !self.has_upgrade {
             return self.skipped(Kind::Upgrade, "the binary has no `upgrade` command yet");
         }
+        let (at, old) = (Instant::now(), c.machines().iter().flat_map(|m| m.pids("worker")).collect());
         let out = c.master.cli(&["upgrade"]);
         let text = String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
-        self.note(Kind::Upgrade, Duration::ZERO, None, Vec::new(), text.trim().to_string());
+        self.note(Kind::Upgrade, at, at.elapsed(), None, old, text.trim().to_string());
         assert!(out.status.success(), "upgrade: {text}");
     }
 
@@ -909,7 +928,7 @@ impl Injector {
         let dur = self.rng.millis(1000, 3000);
         signal(pid, libc::SIGSTOP);
         self.pending.push((Instant::now() + dur, Undo::Cont(pid)));
-        self.note(Kind::SigStop, dur, None, vec![pid], format!("{what} ({pid}) for {dur:?}"));
+        self.note(Kind::SigStop, Instant::now(), dur, None, vec![pid], format!("{what} ({pid}) for {dur:?}"));
     }
 
     fn disk_full(&mut self, c: &Cluster) {
@@ -921,7 +940,14 @@ impl Injector {
         while f.write_all(&[b'x'; 4096]).is_ok() {}
         let dur = self.rng.millis(2000, 8000);
         self.pending.push((Instant::now() + dur, Undo::FreeDisk(filler)));
-        self.note(Kind::DiskFull, dur, None, Vec::new(), format!("log disk full for {dur:?}"));
+        self.note(
+            Kind::DiskFull,
+            Instant::now(),
+            dur,
+            None,
+            Vec::new(),
+            format!("log disk full for {dur:?}"),
+        );
     }
 
     /// Undo the lasting faults that are due (all of them with `all`).
@@ -1138,8 +1164,11 @@ fn account(l: &Ledger) -> Outcome {
     for (s, outages) in l.outages.iter().enumerate() {
         for out in outages {
             if !l.faults.iter().any(|f| explained_by(out, f) || unanswered_in(out, f)) {
-                o.bad_outages
-                    .push(format!("slot {s} disconnected from {} with no gateway kill: {}", out.gw, out.why));
+                let (at, gw) = (since_start(out.from), &out.gw);
+                o.bad_outages.push(format!(
+                    "slot {s} disconnected at {at:.2}s from {gw:?} with no gateway kill: {}",
+                    out.why
+                ));
             }
         }
     }
@@ -1450,6 +1479,8 @@ fn a_client_of_a_killed_gateway_may_miss_what_was_sent_until_it_is_back() {
     assert_eq!(l.expected_loss(1, 1), None, "sent after it was bound again");
     l.outages[1][0] = out("A", t + secs(7.0));
     assert_eq!(l.expected_loss(0, 1), None, "disconnected too long after the kill");
+    l.outages[1][0] = out("", t + secs(0.5));
+    assert_eq!(l.expected_loss(0, 1), Some(Kind::GatewayKill), "reset before it knew its gateway");
 }
 
 #[test]
