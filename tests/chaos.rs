@@ -17,7 +17,8 @@
 //! Faults: SIGKILL of a business worker, a gateway, the register; a worker machine's cable
 //! pulled and put back; `reload` of a machine; `upgrade` (skipped, with a note, while the
 //! binary has no such command); a process stopped with SIGSTOP for a few seconds; the
-//! master machine's log file on a full disk for a few seconds. Durable faults overlap.
+//! master machine's log file on a full disk for a few seconds. Every kind comes once per
+//! round of eight, in a random order, one every 1-6 s; lasting faults overlap the next ones.
 //!
 //! Expected losses (`expected_loss`): a message, for one recipient, may be lost only when
 //! - its sender's gateway was SIGKILLed within `IN_FLIGHT` of the send, or the recipient was
@@ -792,6 +793,8 @@ struct Injector {
     pending: Vec<(Instant, Undo)>,
     counts: BTreeMap<&'static str, (u64, u64)>,
     has_upgrade: bool,
+    /// Kinds still to inject in this round: every kind once per round, in a random order.
+    deck: Vec<Kind>,
 }
 
 fn signal(pid: u32, sig: i32) {
@@ -828,7 +831,14 @@ impl Injector {
     }
 
     fn inject(&mut self, c: &Cluster) {
-        let kind = KINDS[self.rng.below(KINDS.len())];
+        if self.deck.is_empty() {
+            self.deck = KINDS.to_vec();
+            for i in (1..self.deck.len()).rev() {
+                let j = self.rng.below(i + 1);
+                self.deck.swap(i, j);
+            }
+        }
+        let kind = self.deck.pop().unwrap();
         match kind {
             Kind::WorkerKill => self.worker_kill(c),
             Kind::GatewayKill => self.gateway_kill(c),
@@ -1283,6 +1293,7 @@ fn chaos_drill() {
         pending: Vec::new(),
         counts: BTreeMap::new(),
         has_upgrade: has_upgrade(),
+        deck: Vec::new(),
     };
     let mut rss = Vec::new();
     let (start, end) = (Instant::now(), Instant::now() + Duration::from_secs(secs));
