@@ -705,8 +705,21 @@ impl Drop for LogDisk {
     }
 }
 
+/// Unmount the log disks of drills that were killed (their process is gone).
+fn sweep_stale_log_disks() {
+    let mounts = std::fs::read_to_string("/proc/mounts").unwrap_or_default();
+    for dir in mounts.lines().filter_map(|l| l.split_whitespace().nth(1)) {
+        let Some(rest) = dir.split("/gw-net-").nth(1).filter(|_| dir.ends_with("/logdisk")) else { continue };
+        let pid = rest.split('-').next().unwrap_or("");
+        if pid.parse::<u32>().is_ok() && !std::path::Path::new(&format!("/proc/{pid}")).exists() {
+            let _ = Command::new("umount").arg("-l").arg(dir).status();
+        }
+    }
+}
+
 /// The master's log on a 1 MiB tmpfs, so a fault can fill the disk under it.
 fn log_disk(net: &Net, master: &Host) -> LogDisk {
+    sweep_stale_log_disks();
     let logs = net.dir.join("logdisk");
     std::fs::create_dir_all(&logs).unwrap();
     netns::run(Command::new("mount").args(["-t", "tmpfs", "-o", "size=1m", "tmpfs"]).arg(&logs)).unwrap();
