@@ -648,8 +648,8 @@ fn churn_once(c: &mut Client) -> Result<(), String> {
 }
 
 /// `GatewayClient` pushes to uids and groups.
-fn api_pusher(env: Env, register: SocketAddr, seed: u64) -> Result<(), String> {
-    let mut gc = GatewayClient::new(&[&register.to_string()], "").map_err(|e| e.to_string())?;
+fn api_pusher(env: Env, register: SocketAddr, secret: String, seed: u64) -> Result<(), String> {
+    let mut gc = GatewayClient::new(&[&register.to_string()], &secret).map_err(|e| e.to_string())?;
     gc.set_timeout(Duration::from_secs(2));
     let mut rng = Rng::new(seed);
     while !env.quiet.load(Ordering::Relaxed) {
@@ -753,9 +753,16 @@ impl Cluster {
     }
 
     /// The inner address of a gateway process (as client ids carry it).
-    fn gateway_addr(&self, row: &gatewayworker::stats::table::Row) -> String {
-        let (_, _, _, start) = GATEWAYS.iter().find(|g| g.0 == row.name).expect("a known gateway group");
-        format!("{}:{}", self.master.host.ip, start + row.id as u16)
+    fn gateway_addr(&self, group: &str, id: u32) -> String {
+        let (_, _, _, start) = GATEWAYS.iter().find(|g| g.0 == group).expect("a known gateway group");
+        format!("{}:{}", self.master.host.ip, start + id as u16)
+    }
+
+    /// The cluster's `secret_key`, as the master's conf has it ("" when it sets none).
+    fn secret(&self) -> String {
+        let conf = self.master.conf.render();
+        let line = conf.lines().find_map(|l| l.strip_prefix("secret_key = "));
+        line.map_or(String::new(), |v| v.trim_matches('"').to_string())
     }
 
     /// (processes, descriptors) per machine.
@@ -888,7 +895,7 @@ impl Injector {
     fn gateway_kill(&mut self, c: &Cluster) {
         let rows = c.master.rows("gateway");
         let Some(row) = self.rng.pick(&rows) else { return self.skipped(Kind::GatewayKill, "no gateway up") };
-        let addr = c.gateway_addr(row);
+        let addr = c.gateway_addr(&row.name, row.id);
         signal(row.pid, libc::SIGKILL);
         let what = format!("gateway {} ({} {addr})", row.pid, row.name);
         self.note(Kind::GatewayKill, Instant::now(), Duration::ZERO, Some(addr), vec![row.pid], what);
@@ -1080,8 +1087,9 @@ fn start_more_load(c: &Cluster, load: &mut Load, seed: u64) {
             std::thread::spawn(move || churn(e, stable + k, ws, seed + k as u64)),
         ));
     }
-    let (e, reg) = (env.clone(), c.master.host.addr(Conf::REGISTER_PORT));
-    threads.push(("GatewayClient".into(), std::thread::spawn(move || api_pusher(e, reg, seed ^ 0xA11))));
+    let (e, reg, secret) = (env.clone(), c.master.host.addr(Conf::REGISTER_PORT), c.secret());
+    threads
+        .push(("GatewayClient".into(), std::thread::spawn(move || api_pusher(e, reg, secret, seed ^ 0xA11))));
 }
 
 /// Stop sending, let what is in flight arrive (at most `drain`); the churn clients and the
