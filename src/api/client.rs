@@ -13,6 +13,11 @@ use crate::wire::register::{parse_broadcast, worker_connect};
 
 /// How long an address list from the register is reused.
 const ADDRESS_CACHE: Duration = Duration::from_secs(1);
+/// A gateway the registers listed this recently is still sent to when they no longer list
+/// it (or cannot be reached): a register that restarts hears from the gateways again one
+/// by one, so for a moment it lists only some of them, and a push to the others would be
+/// dropped with no error.
+const LISTED_GRACE: Duration = Duration::from_secs(5);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// Transport of a `GatewayClient`.
@@ -21,6 +26,8 @@ pub struct ClientTransport {
     secret: String,
     timeout: Duration,
     cache: Option<(Instant, Vec<SocketAddrV4>)>,
+    /// Every gateway listed within `LISTED_GRACE`, with when it was last listed.
+    listed: Vec<(SocketAddrV4, Instant)>,
     pool: QueryPool,
 }
 
@@ -35,6 +42,28 @@ impl ClientTransport {
             }
         }
         Err(last)
+    }
+
+    /// The gateways listed now or within `LISTED_GRACE`; the lookup's error when there are
+    /// none.
+    fn refresh(
+        &mut self,
+        lookup: Result<Vec<SocketAddrV4>, ApiError>,
+    ) -> Result<Vec<SocketAddrV4>, ApiError> {
+        let now = Instant::now();
+        let fresh = match lookup {
+            Ok(list) => list,
+            Err(e) if !self.listed.iter().any(|(_, t)| now.duration_since(*t) < LISTED_GRACE) => {
+                return Err(e);
+            }
+            Err(e) => {
+                log::warn!("gateway list: {e}; using the gateways listed in the last {LISTED_GRACE:?}");
+                Vec::new()
+            }
+        };
+        self.listed.retain(|(a, t)| now.duration_since(*t) < LISTED_GRACE && !fresh.contains(a));
+        self.listed.extend(fresh.iter().map(|a| (*a, now)));
+        Ok(self.listed.iter().map(|(a, _)| *a).collect())
     }
 }
 
@@ -67,7 +96,8 @@ impl Transport for ClientTransport {
         {
             return Ok(list.clone());
         }
-        let list = self.lookup()?;
+        let lookup = self.lookup();
+        let list = self.refresh(lookup)?;
         self.cache = Some((Instant::now(), list.clone()));
         Ok(list)
     }
@@ -106,6 +136,7 @@ impl GatewayClient {
                 secret: secret.to_string(),
                 timeout,
                 cache: None,
+                listed: Vec::new(),
                 pool: QueryPool::new(secret, timeout, None),
             }),
         })
@@ -129,5 +160,53 @@ impl Deref for GatewayClient {
 impl DerefMut for GatewayClient {
     fn deref_mut(&mut self) -> &mut Self::Target {
         &mut self.api
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn client() -> ClientTransport {
+        ClientTransport {
+            registers: Vec::new(),
+            secret: String::new(),
+            timeout: Duration::from_secs(1),
+            cache: None,
+            listed: Vec::new(),
+            pool: QueryPool::new("", Duration::from_secs(1), None),
+        }
+    }
+
+    fn addr(port: u16) -> SocketAddrV4 {
+        SocketAddrV4::new([10, 0, 0, 1].into(), port)
+    }
+
+    #[test]
+    fn a_gateway_missing_from_a_fresh_list_is_kept_for_the_grace_period() {
+        let mut t = client();
+        assert_eq!(t.refresh(Ok(vec![addr(1), addr(2), addr(3)])).unwrap(), [addr(1), addr(2), addr(3)]);
+        // A restarted register that heard from gateway 3 only so far.
+        let mut got = t.refresh(Ok(vec![addr(3)])).unwrap();
+        got.sort();
+        assert_eq!(got, [addr(1), addr(2), addr(3)]);
+        // Listed no more for longer than the grace period: forgotten.
+        for (a, at) in t.listed.iter_mut() {
+            if *a != addr(3) {
+                *at -= LISTED_GRACE;
+            }
+        }
+        assert_eq!(t.refresh(Ok(vec![addr(3)])).unwrap(), [addr(3)]);
+    }
+
+    #[test]
+    fn an_unreachable_register_falls_back_on_recently_listed_gateways_only() {
+        let mut t = client();
+        let down = || Err(ApiError::NoGateway);
+        assert!(matches!(t.refresh(down()), Err(ApiError::NoGateway)), "nothing listed yet");
+        t.refresh(Ok(vec![addr(1)])).unwrap();
+        assert_eq!(t.refresh(down()).unwrap(), [addr(1)]);
+        t.listed[0].1 -= LISTED_GRACE;
+        assert!(matches!(t.refresh(down()), Err(ApiError::NoGateway)), "listed too long ago");
     }
 }

@@ -291,6 +291,11 @@ impl Host {
     pub fn kill_all(&self) {
         kill_ns(&self.ns);
     }
+
+    /// Pids of the processes running on this host.
+    pub fn pids(&self) -> Vec<i32> {
+        ns_pids(&self.ns)
+    }
 }
 
 /// The configuration of one machine, rendered as a conf file. Inside its namespace every
@@ -308,6 +313,8 @@ pub struct Conf {
     pub workers: u16,
     pub app: &'static str,
     pub extra: String,
+    /// Processes started by sections in `extra` (more gateway groups), waited for too.
+    pub extra_procs: u16,
 }
 
 impl Conf {
@@ -328,6 +335,7 @@ impl Conf {
             workers: 0,
             app: "probe",
             extra: String::new(),
+            extra_procs: 0,
         }
     }
 
@@ -342,6 +350,7 @@ impl Conf {
             workers,
             app,
             extra: String::new(),
+            extra_procs: 0,
         }
     }
 
@@ -435,7 +444,7 @@ impl Machine {
     /// registers announced).
     pub fn wait_ready(&mut self) {
         let c = &self.conf;
-        let want = c.register as usize + c.gateways as usize + c.workers as usize;
+        let want = c.register as usize + c.gateways as usize + c.workers as usize + c.extra_procs as usize;
         let name = self.host.name.clone();
         wait_until(&format!("every process of {name} ready"), Duration::from_secs(30), || {
             if let Some(Ok(Some(st))) = self.master.as_mut().map(|m| m.try_wait()) {
