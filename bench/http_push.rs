@@ -61,8 +61,11 @@ fn opts() -> Opts {
 /// A receiver thread: counts the messages it gets until `stop`.
 fn receiver(addr: &str, count: Arc<AtomicU64>, stop: Arc<AtomicBool>) -> std::thread::JoinHandle<()> {
     let s = TcpStream::connect(addr).expect("websocket connect");
-    s.set_read_timeout(Some(Duration::from_millis(200))).unwrap();
+    // The handshake may wait behind many others: a generous timeout for it, a short one after
+    // (so the thread sees `stop`).
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
     let (mut ws, _) = tungstenite::client(format!("ws://{addr}/"), s).expect("websocket handshake");
+    ws.get_ref().set_read_timeout(Some(Duration::from_millis(200))).unwrap();
     std::thread::spawn(move || {
         while !stop.load(Ordering::Relaxed) {
             match ws.read() {

@@ -133,6 +133,8 @@ impl Server {
         while self.conns.len() < self.conf.max_connections {
             match self.listener.accept() {
                 Ok((mut io, _)) => {
+                    // Responses are small and each waits on a request: no Nagle delay.
+                    let _ = io.set_nodelay(true);
                     let key = self.conns.vacant_key();
                     if cx
                         .registry
