@@ -61,14 +61,22 @@ pub struct TlsFiles {
 /// One gateway group: `count` processes sharing one public listener.
 #[derive(Clone, Debug)]
 pub struct GatewayConf {
+    /// `name`: the group's name in logs and `status`.
     pub name: String,
+    /// The scheme of `listen`: what clients speak.
     pub proto: Proto,
+    /// `listen`: the public address, shared by the group's processes.
     pub listen: SocketAddr,
+    /// `count`: processes in the group.
     pub count: u16,
     /// Inner port of process `id` is `start_port + id`.
     pub start_port: u16,
+    /// `ping_interval`: the heartbeat period (zero: no heartbeat).
     pub ping_interval: Duration,
+    /// `ping_not_response_limit`: heartbeats a client may stay silent for before it is closed
+    /// (zero: never closed for silence).
     pub ping_not_response_limit: u32,
+    /// `ping_data`: what the gateway sends as a heartbeat (empty: nothing is sent).
     pub ping_data: Vec<u8>,
     /// wss: the listener speaks TLS with these files.
     pub tls: Option<TlsFiles>,

@@ -18,46 +18,48 @@ use crate::wire::php::{self, Array, Key, Value};
 /// Replies to one query: (gateway, payload) for every gateway that answered in time.
 pub type Replies = Vec<(SocketAddrV4, Vec<u8>)>;
 
-/// Every call and the body fields it takes (GatewayClient parameters in snake_case).
-pub const CALLS: &[(&str, &[&str])] = &[
-    ("send_to_all", &["message", "client_id_array", "exclude_client_id", "raw", "binary"]),
-    ("send_to_client", &["client_id", "message", "raw", "binary"]),
-    ("send_to_uid", &["uid", "message", "raw", "binary"]),
-    ("send_to_group", &["group", "message", "exclude_client_id", "raw", "binary"]),
-    ("close_client", &["client_id", "message"]),
-    ("destroy_client", &["client_id"]),
-    ("bind_uid", &["client_id", "uid"]),
-    ("unbind_uid", &["client_id", "uid"]),
-    ("join_group", &["client_id", "group"]),
-    ("leave_group", &["client_id", "group"]),
-    ("ungroup", &["group"]),
-    ("set_session", &["client_id", "session"]),
-    ("update_session", &["client_id", "session"]),
-    ("get_session", &["client_id"]),
-    ("is_online", &["client_id"]),
-    ("get_all_client_sessions", &[]),
-    ("get_client_sessions_by_group", &["group"]),
-    ("get_all_client_count", &[]),
-    ("get_all_client_id_count", &[]),
-    ("get_client_count_by_group", &["group"]),
-    ("get_client_id_count_by_group", &["group"]),
-    ("get_client_id_by_uid", &["uid"]),
-    ("is_uid_online", &["uid"]),
-    ("get_uid_by_client_id", &["client_id"]),
-    ("get_all_uid_list", &[]),
-    ("get_all_uid_count", &[]),
-    ("get_uid_list_by_group", &["group"]),
-    ("get_uid_count_by_group", &["group"]),
-    ("get_client_id_list_by_group", &["group"]),
-    ("get_all_client_id_list", &[]),
-    ("get_all_group_id_list", &[]),
-    ("get_all_group_uid_list", &[]),
-    ("get_all_group_uid_count", &[]),
-    ("get_all_group_client_id_list", &[]),
-    ("get_all_group_client_id_count", &[]),
-    ("batch_get_client_id_by_uid", &["uids"]),
-    ("is_uids_online", &["uids"]),
-    ("batch_get_client_count_by_group", &["groups"]),
+/// Every call, grouped by the body fields it takes (GatewayClient parameters in snake_case).
+const CALLS: &[(&[&str], &[&str])] = &[
+    (&["message", "client_id_array", "exclude_client_id", "raw", "binary"], &["send_to_all"]),
+    (&["client_id", "message", "raw", "binary"], &["send_to_client"]),
+    (&["uid", "message", "raw", "binary"], &["send_to_uid"]),
+    (&["group", "message", "exclude_client_id", "raw", "binary"], &["send_to_group"]),
+    (&["client_id", "message"], &["close_client"]),
+    (&["client_id"], &["destroy_client", "get_session", "is_online", "get_uid_by_client_id"]),
+    (&["client_id", "uid"], &["bind_uid", "unbind_uid"]),
+    (&["client_id", "group"], &["join_group", "leave_group"]),
+    (
+        &["group"],
+        &[
+            "ungroup",
+            "get_client_sessions_by_group",
+            "get_client_count_by_group",
+            "get_client_id_count_by_group",
+            "get_uid_list_by_group",
+            "get_uid_count_by_group",
+            "get_client_id_list_by_group",
+        ],
+    ),
+    (&["client_id", "session"], &["set_session", "update_session"]),
+    (
+        &[],
+        &[
+            "get_all_client_sessions",
+            "get_all_client_count",
+            "get_all_client_id_count",
+            "get_all_uid_list",
+            "get_all_uid_count",
+            "get_all_client_id_list",
+            "get_all_group_id_list",
+            "get_all_group_uid_list",
+            "get_all_group_uid_count",
+            "get_all_group_client_id_list",
+            "get_all_group_client_id_count",
+        ],
+    ),
+    (&["uid"], &["get_client_id_by_uid", "is_uid_online"]),
+    (&["uids"], &["batch_get_client_id_by_uid", "is_uids_online"]),
+    (&["groups"], &["batch_get_client_count_by_group"]),
 ];
 
 /// Why a call failed: HTTP status, a stable code and a message.
@@ -103,7 +105,10 @@ impl Call {
     /// Check the call name (404 when unknown) and the body: a JSON object (an empty body counts
     /// as `{}`) holding only fields of that call (400 naming the field otherwise).
     pub fn parse(name: &str, body: &[u8]) -> Result<Call, CallError> {
-        let Some(&(name, fields)) = CALLS.iter().find(|(n, _)| *n == name) else {
+        let found = CALLS
+            .iter()
+            .find_map(|&(fields, names)| names.iter().find(|n| **n == name).map(|n| (*n, fields)));
+        let Some((name, fields)) = found else {
             return Err(CallError::new(404, "unknown_call", format!("no API call {name:?}")));
         };
         let json: Json = if body.iter().all(u8::is_ascii_whitespace) {

@@ -15,65 +15,51 @@ const MAGIC: u64 = 0x6777_7374_6174_7331; // "gwstats1"
 const VERSION: u32 = 1;
 const TEXT_LEN: usize = 48;
 
-/// Process roles, as stored in a slot.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-#[repr(u32)]
-pub enum Role {
-    Empty = 0,
-    Master = 1,
-    Register = 2,
-    Gateway = 3,
-    Worker = 4,
-    Http = 5,
-}
-
-impl Role {
-    const STORED: [Role; 5] = [Role::Master, Role::Register, Role::Gateway, Role::Worker, Role::Http];
-
-    fn from_u32(v: u32) -> Role {
-        Role::STORED.into_iter().find(|r| *r as u32 == v).unwrap_or(Role::Empty)
-    }
-
-    pub fn name(self) -> &'static str {
-        match self {
-            Role::Empty => "-",
-            Role::Master => "master",
-            Role::Register => "register",
-            Role::Gateway => "gateway",
-            Role::Worker => "worker",
-            Role::Http => "http",
+/// An enum stored as a `u32` in the shared region, with the word `status` shows for each value.
+macro_rules! stored_enum {
+    ($(#[$doc:meta])* $name:ident { $($(#[$vdoc:meta])* $variant:ident = $value:literal => $word:literal,)+ }) => {
+        $(#[$doc])*
+        #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+        #[repr(u32)]
+        pub enum $name {
+            $($(#[$vdoc])* $variant = $value,)+
         }
-    }
-}
 
-/// Life-cycle state of the process in a slot.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-#[repr(u32)]
-pub enum State {
-    /// Spawned, not serving yet (a worker: not linked to every gateway yet).
-    Starting = 1,
-    /// Serving.
-    Ready = 2,
-    /// Finishing its work before exit (graceful reload/stop).
-    Draining = 3,
-    /// Gone; the slot is kept for its exit statistics.
-    Exited = 4,
-}
+        impl $name {
+            const ALL: &'static [$name] = &[$($name::$variant),+];
 
-impl State {
-    const ALL: [State; 4] = [State::Starting, State::Ready, State::Draining, State::Exited];
+            fn from_u32(v: u32) -> Option<$name> {
+                Self::ALL.iter().copied().find(|x| *x as u32 == v)
+            }
 
-    fn from_u32(v: u32) -> Option<State> {
-        State::ALL.into_iter().find(|s| *s as u32 == v)
-    }
-
-    pub fn name(self) -> &'static str {
-        match self {
-            State::Starting => "starting",
-            State::Ready => "idle",
-            State::Draining => "draining",
-            State::Exited => "exited",
+            pub fn name(self) -> &'static str {
+                match self {
+                    $($name::$variant => $word,)+
+                }
+            }
         }
+    };
+}
+
+stored_enum! {
+    /// Process roles, as stored in a slot.
+    Role {
+        Empty = 0 => "-", Master = 1 => "master", Register = 2 => "register",
+        Gateway = 3 => "gateway", Worker = 4 => "worker", Http = 5 => "http",
+    }
+}
+
+stored_enum! {
+    /// Life-cycle state of the process in a slot.
+    State {
+        /// Spawned, not serving yet (a worker: not linked to every gateway yet).
+        Starting = 1 => "starting",
+        /// Serving.
+        Ready = 2 => "idle",
+        /// Finishing its work before exit (graceful reload/stop).
+        Draining = 3 => "draining",
+        /// Gone; the slot is kept for its exit statistics.
+        Exited = 4 => "exited",
     }
 }
 
@@ -131,7 +117,7 @@ pub struct Slot {
 
 impl Slot {
     pub fn role(&self) -> Role {
-        Role::from_u32(self.role.load(Ordering::Relaxed))
+        Role::from_u32(self.role.load(Ordering::Relaxed)).unwrap_or(Role::Empty)
     }
 
     pub fn state(&self) -> Option<State> {
