@@ -29,9 +29,12 @@
 //! - that worker's machine was unplugged: sent from `IN_FLIGHT` before the cable was pulled
 //!   until `PEER_TIMEOUT` (the inner links' detection window: keepalive and user timeout)
 //!   plus `ROUTE_SWITCH` after the pull, also when the cable was back sooner (TCP backs off
-//!   its retransmissions, so the next one may come after the user timeout expired); the same when that worker had been reloaded or
-//!   killed before the send (the gateway routed the sender anew, maybe to the unplugged
-//!   machine, whose workers it still takes for alive);
+//!   its retransmissions, so the next one may come after the user timeout expired); the same
+//!   when that worker had been reloaded or killed before the send (the gateway routed the
+//!   sender anew, maybe to the unplugged machine, whose workers it still takes for alive),
+//!   with the window counted from that reroute when it fell while the cable was out (a link
+//!   the gateway had nothing to send on times out `PEER_TIMEOUT` after its first unanswered
+//!   bytes, not after the pull);
 //! - the API refused it at send time (counted apart: "refused", not "sent").
 //!
 //! Anything else lost (reload, SIGSTOP, register kill, full disk, or no fault at all) is an
@@ -260,8 +263,12 @@ impl Ledger {
                 Kind::WorkerKill => by_worker(f) && sent_in(f.at, f.at + ROUTE_SWITCH),
                 Kind::LinkDown => {
                     // Whether or not the cable is back: a retransmission backed off past its
-                    // return can still run into the user timeout.
-                    (by_worker(f) || self.rerouted(m)) && sent_in(f.at, f.at + PEER_TIMEOUT + ROUTE_SWITCH)
+                    // return can still run into the user timeout. That timeout counts from the
+                    // link's first unacknowledged byte: the pull for the worker that was
+                    // serving the sender; for a sender routed anew while the cable was out,
+                    // the moment it was routed to that machine.
+                    let start = if by_worker(f) { Some(f.at) } else { self.rerouted_at(m, f) };
+                    start.is_some_and(|s| sent_in(f.at, s + PEER_TIMEOUT + ROUTE_SWITCH))
                 }
                 _ => false,
             };
@@ -273,11 +280,15 @@ impl Ledger {
     }
 
     /// The worker that last served the sender had been reloaded or killed when the message
-    /// was sent: the gateway chose another one, maybe one on an unplugged machine that it
-    /// still takes for alive.
-    fn rerouted(&self, m: &Msg) -> bool {
-        let gone = |f: &Fault| matches!(f.kind, Kind::Reload | Kind::WorkerKill) && f.at <= m.sent;
-        m.sender_worker.is_some_and(|p| self.faults.iter().any(|f| gone(f) && f.pids.contains(&p)))
+    /// was sent: the gateway chose another one, maybe one on the machine unplugged by `down`
+    /// that it still takes for alive. When: the end of that reload or the kill if it fell
+    /// while the cable was out (the gateway's first bytes on that link are from then), else
+    /// the pull.
+    fn rerouted_at(&self, m: &Msg, down: &Fault) -> Option<Instant> {
+        let gone = |f: &&Fault| matches!(f.kind, Kind::Reload | Kind::WorkerKill) && f.at <= m.sent;
+        let worker = m.sender_worker?;
+        let f = self.faults.iter().filter(gone).filter(|f| f.pids.contains(&worker)).last()?;
+        Some(if (down.at..=down.until).contains(&f.until) { f.until } else { down.at })
     }
 
     /// The fault kind whose time the message was sent in ("calm": none).
@@ -1468,7 +1479,8 @@ fn losses_are_excused_only_in_the_window_of_a_fault_on_their_path() {
     // Workers 5 (reloaded) and 7 (killed) were gone before the cable was pulled: their
     // clients were routed anew, maybe to the unplugged machine.
     let reload = fault(Kind::Reload, u - secs(1.0), secs(0.5), None, &[5]);
-    let mut faults = vec![kill_a, kill_7, unplug, reload];
+    let reload_during = fault(Kind::Reload, u + secs(2.0), secs(1.0), None, &[3]);
+    let mut faults = vec![kill_a, kill_7, unplug, reload, reload_during];
     faults.extend(calm);
     let cases = [
         (msg(t - secs(1.0), "A", 9, &[0]), Some(Kind::GatewayKill)),
@@ -1483,6 +1495,11 @@ fn losses_are_excused_only_in_the_window_of_a_fault_on_their_path() {
         (msg(u + secs(3.0), "B", 5, &[0]), Some(Kind::LinkDown)),
         (msg(u + secs(3.0), "B", 7, &[0]), Some(Kind::LinkDown)),
         (msg(u + secs(3.0), "B", 4, &[0]), None),
+        // Worker 3 was reloaded while the cable was out (u+2 .. u+3): its client's messages
+        // went to the unplugged machine from u+3 on, whose link times out 10 s after that.
+        (msg(u + secs(13.5), "B", 3, &[0]), Some(Kind::LinkDown)),
+        (msg(u + secs(14.5), "B", 3, &[0]), None),
+        (msg(u + secs(12.5), "B", 5, &[0]), None),
     ];
     let l = ledger(faults, cases.iter().map(|(m, _)| m.clone()).collect());
     for (id, (_, want)) in cases.iter().enumerate() {
