@@ -34,7 +34,9 @@
 //!   sender anew, maybe to the unplugged machine, whose workers it still takes for alive),
 //!   with the window counted from that reroute when it fell while the cable was out (a link
 //!   the gateway had nothing to send on times out `PEER_TIMEOUT` after its first unanswered
-//!   bytes, not after the pull);
+//!   bytes, not after the pull); and in any case until the cable is back plus `ROUTE_SWITCH`
+//!   (a worker whose own side timed out redials, and the gateway closes the older link with
+//!   what was queued on it);
 //! - the API refused it at send time (counted apart: "refused", not "sent").
 //!
 //! Anything else lost (reload, SIGSTOP, register kill, full disk, or no fault at all) is an
@@ -267,8 +269,11 @@ impl Ledger {
                     // link's first unacknowledged byte: the pull for the worker that was
                     // serving the sender; for a sender routed anew while the cable was out,
                     // the moment it was routed to that machine.
+                    // And while the cable is out, anything routed to that machine may end on
+                    // a link one side gives up on before it is back (a worker that redials
+                    // makes the gateway close the older link, with what was queued on it).
                     let start = if by_worker(f) { Some(f.at) } else { self.rerouted_at(m, f) };
-                    start.is_some_and(|s| sent_in(f.at, s + PEER_TIMEOUT + ROUTE_SWITCH))
+                    start.is_some_and(|s| sent_in(f.at, (s + PEER_TIMEOUT).max(f.until) + ROUTE_SWITCH))
                 }
                 _ => false,
             };
@@ -1480,7 +1485,9 @@ fn losses_are_excused_only_in_the_window_of_a_fault_on_their_path() {
     // clients were routed anew, maybe to the unplugged machine.
     let reload = fault(Kind::Reload, u - secs(1.0), secs(0.5), None, &[5]);
     let reload_during = fault(Kind::Reload, u + secs(2.0), secs(1.0), None, &[3]);
-    let mut faults = vec![kill_a, kill_7, unplug, reload, reload_during];
+    let w = t + secs(100.0);
+    let long_unplug = fault(Kind::LinkDown, w, secs(15.0), None, &[2]);
+    let mut faults = vec![kill_a, kill_7, unplug, reload, reload_during, long_unplug];
     faults.extend(calm);
     let cases = [
         (msg(t - secs(1.0), "A", 9, &[0]), Some(Kind::GatewayKill)),
@@ -1500,6 +1507,9 @@ fn losses_are_excused_only_in_the_window_of_a_fault_on_their_path() {
         (msg(u + secs(13.5), "B", 3, &[0]), Some(Kind::LinkDown)),
         (msg(u + secs(14.5), "B", 3, &[0]), None),
         (msg(u + secs(12.5), "B", 5, &[0]), None),
+        // Worker 2's machine was out for 15 s: its clients' messages may be lost until then.
+        (msg(w + secs(14.5), "B", 2, &[0]), Some(Kind::LinkDown)),
+        (msg(w + secs(16.5), "B", 2, &[0]), None),
     ];
     let l = ledger(faults, cases.iter().map(|(m, _)| m.clone()).collect());
     for (id, (_, want)) in cases.iter().enumerate() {
