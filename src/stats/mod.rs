@@ -117,7 +117,7 @@ pub struct Slot {
     pub exit_count: AtomicU64,
     pub last_exit_status: AtomicU64,
     /// Limits hit (gateway): connections refused or paused, oversize messages, handshake and
-    /// idle timeouts, slow clients closed, groups/uid refusals.
+    /// idle timeouts, slow clients closed, groups/uid refusals (then rates and backpressure below).
     pub limit_conn: AtomicU64,
     pub limit_size: AtomicU64,
     pub limit_handshake: AtomicU64,
@@ -125,6 +125,11 @@ pub struct Slot {
     pub limit_slow: AtomicU64,
     pub limit_index: AtomicU64,
     pub bad_input: AtomicU64,
+    /// Clients over their rate (`max_messages_per_second`, `max_bytes_per_second`): paused
+    /// or, with `rate_policy = "close"`, closed.
+    pub limit_rate: AtomicU64,
+    /// Clients paused because their worker link was above its high-water mark.
+    pub limit_backpressure: AtomicU64,
     name: [AtomicU8; TEXT_LEN],
     listen: [AtomicU8; TEXT_LEN],
 }

@@ -4,6 +4,7 @@
 //! wait is a read with a deadline.
 
 mod commands;
+mod flow;
 mod queries;
 mod relay;
 
@@ -81,6 +82,7 @@ pub(crate) fn config(proto: Proto, dir: &std::path::Path, tweak: impl FnOnce(&mu
         max_groups_per_client: 8,
         max_uid_len: 64,
         max_session_size: 4096,
+        flow: crate::config::FlowLimits::default(),
     };
     tweak(&mut limits);
     let gateway = GatewayConf {
