@@ -292,8 +292,10 @@ fn full_worker_link_pauses_the_client_and_loses_nothing() {
     let blob = "y".repeat(16_000);
     let mut sent = 0;
     wait_for("client paused by the full worker link", || {
-        ws.send(&format!("{sent}:{blob}"));
-        sent += 1;
+        for _ in 0..8 {
+            ws.send(&format!("{sent}:{blob}"));
+            sent += 1;
+        }
         (gateway_row(&c)["limits"]["backpressure"].as_u64().unwrap() >= 1).then_some(())
     });
     unsafe { libc::kill(worker as i32, libc::SIGCONT) };

@@ -28,7 +28,15 @@ impl Gateway {
         }
         let Some(r) = c.route else { return false };
         let Some(inner) = self.links.get_mut(r.key).filter(|i| i.serial == r.serial) else { return false };
-        if !inner.flow.must_wait(&c.flow, inner.conn.out.len(), self.settings.marks) {
+        let marks = self.settings.marks;
+        if !inner.flow.must_wait(&c.flow, inner.conn.out.len(), marks) {
+            return false;
+        }
+        // What this turn queued may not have met the socket yet: write it now (in order), and
+        // wait only if the socket does not take it. A write error is found again at the end of
+        // the turn, which removes the link.
+        let _ = inner.conn.flush();
+        if !inner.flow.must_wait(&c.flow, inner.conn.out.len(), marks) {
             return false;
         }
         c.flow.paused |= LINK;
