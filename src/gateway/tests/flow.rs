@@ -32,12 +32,7 @@ impl Bare {
         let dir = std::env::temp_dir().join(format!("gw-flow-{}-{n}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let cfg = config(Proto::Text, &dir, tweak);
-        let any = SocketAddr::from((Ipv4Addr::LOCALHOST, 0));
-        let listeners = Listeners {
-            public: TcpListener::bind(any).unwrap(),
-            inner_tcp: TcpListener::bind(any).unwrap(),
-            inner_unix: UnixListener::bind(dir.join("inner.sock")).unwrap(),
-        };
+        let listeners = listeners(&dir);
         let mut gw = Gateway::new(&cfg, &cfg.gateways[0], 0, listeners, None, Stats::private().unwrap());
         let mut reactor = Reactor::new().unwrap();
         let (link_end, worker) = StdUnix::pair().unwrap();
