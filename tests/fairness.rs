@@ -100,6 +100,11 @@ fn a_flood_costs_the_flooders_not_their_neighbours() {
     assert_eq!(good["received"].as_u64().unwrap(), sent, "the well-behaved clients lost messages: {good}");
     assert_eq!(good["errors"], 0, "{good}");
     assert!(throttled > 0, "flooders throttled: {throttled} (backpressure pauses {backpressure})");
+    // The same counter as `status --json` shows it.
+    let status: Json = serde_json::from_slice(&c.run_cli(&["status", "--json"]).stdout).unwrap();
+    let gws = status["processes"].as_array().unwrap().iter().filter(|p| p["role"] == "gateway");
+    let shown: u64 = gws.map(|p| p["limits"]["throttled"].as_u64().unwrap()).sum();
+    assert!(shown >= throttled, "status --json limits.throttled {shown}");
     assert!(peak > 0 && peak < RSS_BOUND, "gateway RSS {peak} bytes");
     c.stop();
 }
