@@ -33,8 +33,9 @@ pub struct Bucket {
 
 impl Bucket {
     fn refill(&mut self, rate: u64, now_ms: u64) {
+        // A clock behind `at_ms` (the state came from another process) counts from now.
         let elapsed = now_ms.saturating_sub(self.at_ms);
-        self.at_ms = self.at_ms.max(now_ms);
+        self.at_ms = now_ms;
         // `rate` tokens per second is `rate` thousandths per millisecond.
         self.used = self.used.saturating_sub(elapsed.saturating_mul(rate));
     }
@@ -66,7 +67,8 @@ impl Bucket {
 pub struct Flow {
     pub msgs: Bucket,
     pub bytes: Bucket,
-    /// `LINK` and/or `RATE`: why reading is paused (0: reading).
+    /// `LINK` and/or `RATE`: why reading is paused (0: reading). The lists that resume a
+    /// client belong to its process: a client carried over to another one starts at 0.
     pub paused: u8,
     /// The drain cycle of its worker link that `queued` counts in.
     pub epoch: u64,
@@ -193,9 +195,12 @@ mod tests {
         // 10/s: one token per 100 ms; back to 7/8 (1.25 tokens free) after 225 ms.
         assert!(!b.ready(10, 5 + 224));
         assert!(b.ready(10, 5 + 225));
-        // A clock that goes back refills nothing and breaks nothing.
+        // A clock that goes back (state carried over from another process) refills nothing
+        // and counts from there on.
         assert!(b.ready(10, 0));
-        assert_eq!(b.at_ms, 230);
+        assert_eq!((b.at_ms, b.used), (0, 8750));
+        assert!(b.ready(10, 100));
+        assert_eq!(b.used, 7750, "100 ms of refill on the new clock");
         // Idle for long: full again, never more than full.
         assert!(b.ready(10, 1_000_000));
         for _ in 0..10 {

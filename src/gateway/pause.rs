@@ -35,7 +35,9 @@ impl Gateway {
         // What this turn queued may not have met the socket yet: write it now (in order), and
         // wait only if the socket does not take it. A write error is found again at the end of
         // the turn, which removes the link.
+        let before = inner.conn.bytes_written;
         let _ = inner.conn.flush();
+        Slot::add(&self.stats.slot().bytes_written, inner.conn.bytes_written - before);
         if !inner.flow.must_wait(&c.flow, inner.conn.out.len(), marks) {
             return false;
         }
