@@ -12,7 +12,8 @@ use std::path::Path;
 use std::sync::atomic::{AtomicU8, AtomicU32, AtomicU64, Ordering};
 
 const MAGIC: u64 = 0x6777_7374_6174_7331; // "gwstats1"
-const VERSION: u32 = 1;
+/// Layout version of the region: 2 added the rate and backpressure counters to `Slot`.
+const VERSION: u32 = 2;
 const TEXT_LEN: usize = 48;
 
 /// Process roles, as stored in a slot.
