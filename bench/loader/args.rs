@@ -291,6 +291,14 @@ mod tests {
     }
 
     #[test]
+    fn flood_mode_defaults_to_four_connections() {
+        let o =
+            parse(vec!["flood".into(), "ws://127.0.0.1:9/".into(), "--duration".into(), "2".into()]).unwrap();
+        assert_eq!((o.mode, o.conns, o.duration), (Mode::Flood, 4, 2.0));
+        assert_eq!(o.mode.name(), "flood");
+    }
+
+    #[test]
     fn sources() {
         let s = parse_sources("127.0.0.1-127.0.0.3,127.0.1.1").unwrap();
         assert_eq!(s.len(), 4);
