@@ -84,6 +84,7 @@ fn prometheus_scrapes_the_metrics_and_sees_the_clients() {
         "gatewayworker_process_connections",
         "gatewayworker_messages_received_total",
         "gatewayworker_limit_hits_total",
+        "gatewayworker_throttled_total",
         "gatewayworker_resident_memory_bytes",
         "gatewayworker_uptime_seconds",
     ] {

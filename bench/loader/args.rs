@@ -15,6 +15,8 @@ modes:
              each message to every receiver
   storm      --conns connects in total, at most --inflight handshakes at a time
   idle       open and hold --conns connections for --hold seconds (0 = until SIGINT)
+  flood      N connections sending --size-byte messages as fast as the sockets take them for
+             --duration s, never reading the replies (a hostile client)
   probe      one connection, one message, wait for the echo (--no-echo: handshake only);
              exit status 0 when it worked, 1 otherwise
   summary    medians per label of the JSON lines in FILE and their ratio to --base
@@ -57,6 +59,7 @@ pub enum Mode {
     Storm,
     Idle,
     Probe,
+    Flood,
 }
 
 impl Mode {
@@ -67,6 +70,7 @@ impl Mode {
             Mode::Storm => "storm",
             Mode::Idle => "idle",
             Mode::Probe => "probe",
+            Mode::Flood => "flood",
         }
     }
 }
@@ -176,6 +180,7 @@ pub fn parse(args: Vec<String>) -> Result<Options, String> {
         Some("storm") => Mode::Storm,
         Some("idle") => Mode::Idle,
         Some("probe") => Mode::Probe,
+        Some("flood") => Mode::Flood,
         Some(m) => return Err(format!("unknown mode {m:?}")),
         None => return Err("missing mode".into()),
     };
@@ -185,6 +190,7 @@ pub fn parse(args: Vec<String>) -> Result<Options, String> {
         target,
         conns: match mode {
             Mode::Echo => 100,
+            Mode::Flood => 4,
             Mode::Broadcast | Mode::Idle => 1000,
             Mode::Storm => 10_000,
             Mode::Probe => 1,
@@ -282,6 +288,14 @@ mod tests {
         assert_eq!(parse_target("frame://127.0.0.1:9").unwrap().proto, Proto::Frame);
         assert!(parse_target("http://127.0.0.1:80").is_err());
         assert!(parse_target("ws://127.0.0.1").is_err());
+    }
+
+    #[test]
+    fn flood_mode_defaults_to_four_connections() {
+        let o =
+            parse(vec!["flood".into(), "ws://127.0.0.1:9/".into(), "--duration".into(), "2".into()]).unwrap();
+        assert_eq!((o.mode, o.conns, o.duration), (Mode::Flood, 4, 2.0));
+        assert_eq!(o.mode.name(), "flood");
     }
 
     #[test]

@@ -10,6 +10,8 @@ mod broadcast;
 mod codec;
 /// `echo` mode: open loop on a schedule, or closed loop.
 mod echo;
+/// `flood`: N connections sending as fast as they can, never reading.
+mod flood;
 /// The latency histogram.
 mod hist;
 /// `idle` mode: hold connections.
@@ -103,6 +105,7 @@ fn main() {
         Mode::Broadcast => broadcast::run(&mut ctx),
         Mode::Storm => storm::run(&mut ctx),
         Mode::Idle => idle::run(&mut ctx),
+        Mode::Flood => flood::run(&mut ctx),
     };
     match result {
         Ok(v) if ctx.o.json => println!("{v}"),

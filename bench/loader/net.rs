@@ -164,6 +164,8 @@ pub struct Net {
     opcode: u8,
     /// epoll_wait calls so far (the loader's own wake-ups, about).
     pub polls: u64,
+    /// Read open connections (false: what the server sends stays unread, `flood`).
+    pub read_open: bool,
 }
 
 fn would_block(e: &io::Error) -> bool {
@@ -212,6 +214,7 @@ impl Net {
             dead: Vec::new(),
             opcode: if binary { OP_BINARY } else { OP_TEXT },
             polls: 0,
+            read_open: true,
         })
     }
 
@@ -304,6 +307,12 @@ impl Net {
             self.dead.push((key, f));
         }
         true
+    }
+
+    /// Bytes queued on `key` that its socket has not taken yet; `None` when it is not open.
+    pub fn backlog(&self, key: usize) -> Option<usize> {
+        let conn = self.conns.get(key).filter(|c| c.phase == Phase::Open)?;
+        Some(conn.out.len() - conn.out_pos)
     }
 
     /// Closes a connection without an event (the caller knows).
@@ -435,7 +444,7 @@ impl Net {
         }
         let proto = self.target.proto;
         let mut result = conn.flush();
-        if readable && result.is_ok() {
+        if readable && result.is_ok() && (conn.phase != Phase::Open || self.read_open) {
             result = conn
                 .read(key, proto, &mut self.scratch, short_read_drains, mask, sink)
                 .and_then(|()| conn.flush());

@@ -103,6 +103,43 @@ pub struct GatewayLimits {
     pub max_groups_per_client: usize,
     pub max_uid_len: usize,
     pub max_session_size: usize,
+    /// Backpressure and per-client rates.
+    pub flow: FlowLimits,
+}
+
+/// What a gateway does with a client over its rate.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RatePolicy {
+    /// Stop reading the client until its bucket refills (TCP pushes back on the sender).
+    Throttle,
+    /// Close the client (websocket: close 1008, policy violation).
+    Close,
+}
+
+/// Flow control keys of `[gateway.limits]`: the worker link's high-water mark and each
+/// client's rate (token buckets holding one second's worth; 0 = no limit).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FlowLimits {
+    /// Bytes queued on a worker link above which the clients that queued more than their
+    /// share since it last drained are paused; they resume below a quarter of it. Capped at
+    /// half of `send_to_worker_buffer_size`, above which every client of the link waits.
+    pub worker_high_water: usize,
+    pub max_messages_per_second: u64,
+    pub max_bytes_per_second: u64,
+    pub rate_policy: RatePolicy,
+}
+
+impl Default for FlowLimits {
+    /// Far above what an application's client sends (the closed-loop benchmark, W2, stays
+    /// under 10,000 messages per second per connection).
+    fn default() -> FlowLimits {
+        FlowLimits {
+            worker_high_water: 262_144,
+            max_messages_per_second: 20_000,
+            max_bytes_per_second: 33_554_432,
+            rate_policy: RatePolicy::Throttle,
+        }
+    }
 }
 
 /// The business workers of this machine.

@@ -9,8 +9,8 @@ use std::time::Duration;
 use toml::{Table, Value};
 
 use super::{
-    Config, ConfigError, GatewayConf, GatewayLimits, HttpConf, MachineType, Proto, RegisterConf,
-    SendFullPolicy, TlsFiles, WorkerConf,
+    Config, ConfigError, FlowLimits, GatewayConf, GatewayLimits, HttpConf, MachineType, Proto, RatePolicy,
+    RegisterConf, SendFullPolicy, TlsFiles, WorkerConf,
 };
 
 /// Environment variables read (from `.env` or the real environment), with what they set.
@@ -379,6 +379,36 @@ fn limits(l: &mut Sec<'_>) -> Result<GatewayLimits, ConfigError> {
         max_groups_per_client: l.int("max_groups_per_client", 1024, 1, 1 << 20)? as usize,
         max_uid_len: l.int("max_uid_len", 256, 1, 1 << 20)? as usize,
         max_session_size: l.int("max_session_size", 1 << 20, 16, 1 << 30)? as usize,
+        flow: flow_limits(l)?,
+    })
+}
+
+/// The flow control keys of `[gateway.limits]`.
+fn flow_limits(l: &mut Sec<'_>) -> Result<FlowLimits, ConfigError> {
+    let d = FlowLimits::default();
+    let policy = l.string("rate_policy", Some("throttle"))?;
+    let rate_policy = match policy.as_str() {
+        "throttle" => RatePolicy::Throttle,
+        "close" => RatePolicy::Close,
+        other => {
+            return Err(l.err(
+                "rate_policy",
+                format!("unknown policy {other:?}"),
+                "use \"throttle\" (stop reading the client for a while) or \"close\"",
+            ));
+        }
+    };
+    Ok(FlowLimits {
+        worker_high_water: l.int("worker_high_water", d.worker_high_water as i64, 1024, 1 << 32)? as usize,
+        max_messages_per_second: l.int(
+            "max_messages_per_second",
+            d.max_messages_per_second as i64,
+            0,
+            1 << 32,
+        )? as u64,
+        max_bytes_per_second: l.int("max_bytes_per_second", d.max_bytes_per_second as i64, 0, 1 << 40)?
+            as u64,
+        rate_policy,
     })
 }
 

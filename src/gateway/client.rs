@@ -11,6 +11,7 @@ use std::io::{self, Read, Write};
 use tungstenite::error::{CapacityError, Error as WsError, ProtocolError};
 use tungstenite::protocol::{Message, Role, WebSocketConfig, WebSocketContext};
 
+use super::limits::Flow;
 use crate::config::Proto;
 use crate::net::conn::Conn;
 use crate::net::io::Io;
@@ -142,6 +143,8 @@ pub struct Client {
     pub ping: i32,
     /// Second (of the gateway's coarse clock) of the last message, for the idle timeout.
     pub last_active: u32,
+    /// Rates and pause state (`limits`).
+    pub flow: Flow,
 }
 
 impl Client {
@@ -163,6 +166,7 @@ impl Client {
             route: None,
             ping: -1,
             last_active: now,
+            flow: Flow::default(),
         }
     }
 
@@ -338,6 +342,14 @@ impl Client {
     pub fn drop_early_output(&mut self) {
         if matches!(self.codec, Codec::Handshake(_)) {
             self.conn.out.clear();
+        }
+    }
+
+    /// A policy violation (over its rate): a websocket client gets close 1008 before the
+    /// connection is closed.
+    pub fn fail_policy(&mut self) {
+        if matches!(self.codec, Codec::Ws(_)) {
+            websocket::encode_close(self.conn.out.vec(), 1008);
         }
     }
 

@@ -20,8 +20,12 @@ pub struct Clients {
     last_id: u32,
     /// (deadline second, connection id) of clients still in a handshake.
     pub handshakes: VecDeque<(u32, u32)>,
-    /// Clients whose read budget ran out this turn.
+    /// Clients whose read budget ran out this turn, or that resume reading.
     pub again: Vec<usize>,
+    /// Connection ids of the clients paused for their rate.
+    pub throttled: Vec<u32>,
+    /// The refill timer is armed.
+    pub refill_armed: bool,
 }
 
 impl Clients {
@@ -36,6 +40,8 @@ impl Clients {
             last_id: 0,
             handshakes: VecDeque::new(),
             again: Vec::new(),
+            throttled: Vec::new(),
+            refill_armed: false,
         }
     }
 

@@ -17,6 +17,7 @@ impl Gateway {
         }
         let written = self.links.table.flush_dirty();
         Slot::add(&self.stats.slot().bytes_written, written);
+        self.resume_drained();
         for key in self.links.table.take_dead() {
             self.destroy_inner(cx, key);
         }

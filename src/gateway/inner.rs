@@ -6,6 +6,7 @@ use std::io;
 
 use mio::Registry;
 
+use super::limits::LinkFlow;
 use crate::net::conn::Conn;
 use crate::net::io::Io;
 use crate::net::table::{Owned, Table, conn_field};
@@ -31,6 +32,8 @@ pub struct Inner {
     pub peer: String,
     pub kind: Kind,
     pub authorized: bool,
+    /// Congestion state when it is a worker link.
+    pub flow: LinkFlow,
 }
 
 impl Owned for Inner {
@@ -59,18 +62,27 @@ pub struct Links {
     serial: u64,
     /// Client events waiting for the first worker (bounded by the worker send buffer size).
     pub parked: Vec<u8>,
+    /// Links that became congested: checked after each flush.
+    pub congested: Vec<usize>,
 }
 
 impl Links {
     /// Key `k` is poll token `base + k`.
     pub fn new(base: usize) -> Links {
-        Links { table: Table::new(base, 0), serial: 0, parked: Vec::new() }
+        Links { table: Table::new(base, 0), serial: 0, parked: Vec::new(), congested: Vec::new() }
     }
 
     /// Keep an accepted connection; returns its key.
     pub fn insert(&mut self, reg: &Registry, io: Io, peer: String, authorized: bool) -> io::Result<usize> {
         self.serial += 1;
-        let inner = Inner { conn: Conn::new(io), serial: self.serial, peer, kind: Kind::Unknown, authorized };
+        let inner = Inner {
+            conn: Conn::new(io),
+            serial: self.serial,
+            peer,
+            kind: Kind::Unknown,
+            authorized,
+            flow: LinkFlow::default(),
+        };
         self.table.insert(reg, inner)
     }
 

@@ -69,6 +69,7 @@ impl Gateway {
 
     pub(super) fn destroy_inner(&mut self, cx: &mut Ctx<'_, Timer>, key: usize) {
         let Some(inner) = self.links.table.remove(cx.registry, key) else { return };
+        self.release_waiting(&inner.flow.waiting);
         if let Kind::Worker { key: wk, .. } = &inner.kind {
             self.router.remove(key);
             info!("gateway: business worker {wk} disconnected");

@@ -9,7 +9,8 @@
 //! worker links), `Router`, `Directory` (uid and group indices), `RegisterLinks`. `Gateway`
 //! holds them and dispatches events: readiness by token range, timers, signals, and the
 //! end-of-turn flush. Its behaviour is spread by concern: `accept`, `relay` (client input to
-//! workers), `links` and `commands` (worker packets), `timers`, `flush`.
+//! workers), `pause` (backpressure from worker links and per-client rates, whose state is in
+//! `limits`), `links` and `commands` (worker packets), `timers`, `flush`.
 
 mod accept;
 mod client;
@@ -19,7 +20,9 @@ mod directory;
 mod flush;
 mod index;
 mod inner;
+mod limits;
 mod links;
+mod pause;
 mod queries;
 mod relay;
 mod router;
@@ -66,6 +69,10 @@ const CLIENT_BASE: usize = 1 << 32;
 
 /// Messages read from one client per readiness before others get their turn.
 const READ_BUDGET: usize = 64;
+/// Bytes of messages read from one client per readiness before others get their turn.
+const READ_BYTES_BUDGET: usize = 256 * 1024;
+/// How often the buckets of throttled clients are checked.
+const REFILL_PERIOD: Duration = Duration::from_millis(10);
 /// Bytes buffered from one inner link before its packets are executed.
 const INNER_READ_CAP: usize = 4 << 20;
 /// Hostile-input log lines: at most one per kind and period.
@@ -81,6 +88,8 @@ pub enum Timer {
     RegisterRetry(usize),
     KeepAlive,
     ResumeAccept,
+    /// Resume the throttled clients whose buckets refilled.
+    Refill,
 }
 
 /// Stop request.
@@ -112,6 +121,8 @@ pub struct Listeners {
 /// What the configuration fixes for the life of the process.
 struct Settings {
     limits: GatewayLimits,
+    /// Water marks of the worker links.
+    marks: limits::Marks,
     ping_interval: Duration,
     ping_limit: u32,
     ping_data: Vec<u8>,
@@ -220,6 +231,10 @@ impl Gateway {
             },
             settings: Settings {
                 limits: g.limits.clone(),
+                marks: limits::Marks::new(
+                    g.limits.flow.worker_high_water,
+                    g.limits.send_to_worker_buffer_size,
+                ),
                 ping_interval: g.ping_interval,
                 ping_limit: g.ping_not_response_limit,
                 ping_data: g.ping_data.clone(),
@@ -337,6 +352,7 @@ impl Service for Gateway {
                 self.accept.backoff = false;
                 self.accept_clients(cx);
             }
+            Timer::Refill => self.refill(),
         }
     }
 
@@ -365,6 +381,10 @@ impl Service for Gateway {
         }
         self.flush_all(cx);
         self.count_connections();
+        if !self.clients.throttled.is_empty() && !self.clients.refill_armed {
+            self.clients.refill_armed = true;
+            cx.after(REFILL_PERIOD, Timer::Refill);
+        }
         !self.clients.again.is_empty()
     }
 

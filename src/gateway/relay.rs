@@ -8,7 +8,8 @@ use log::warn;
 
 use super::client::{self, Client, Closed, Inbound};
 use super::inner::Links;
-use super::{Gateway, Identity, Logs, READ_BUDGET, Timer, server_vars};
+use super::limits::{Flow, LINK, Marks};
+use super::{Gateway, Identity, Logs, READ_BUDGET, READ_BYTES_BUDGET, Timer, server_vars};
 use crate::net::table::Owned;
 use crate::reactor::{Ctx, Ready};
 use crate::stats::{Slot, Stats};
@@ -40,9 +41,18 @@ impl Gateway {
         self.bufs = bufs;
     }
 
+    /// Read from client `key` until its fair share of this turn is used (`READ_BUDGET`
+    /// messages, `READ_BYTES_BUDGET` bytes) or it is paused (`pause`).
     fn read_client_with(&mut self, key: usize, rx: &mut client::Rx, msg: &mut Vec<u8>) {
         let max = self.settings.limits.max_package_size;
+        let mut bytes = 0;
         for _ in 0..READ_BUDGET {
+            if bytes >= READ_BYTES_BUDGET {
+                break;
+            }
+            if self.held(key) {
+                return;
+            }
             let Some(c) = self.clients.get_mut(key) else { return };
             match c.next(rx, msg, max, &self.settings.ws_cfg) {
                 Inbound::Message { binary } => {
@@ -51,6 +61,10 @@ impl Gateway {
                     Slot::bump(&self.stats.slot().total_request);
                     let f = flag::BODY_IS_SCALAR | if binary { flag::BINARY } else { 0 };
                     self.forward(key, cmd::ON_MESSAGE, f, msg);
+                    bytes += msg.len();
+                    if self.over_rate(key, msg.len()) {
+                        return;
+                    }
                 }
                 Inbound::Upgraded(req) => {
                     let ip = Ipv4Addr::from(c.ip).to_string();
@@ -108,7 +122,7 @@ impl Gateway {
         let kept = match c.route {
             Some(r) => {
                 let event = (&header, &c.session[..], body);
-                send_event(&mut self.links, r.key, event, limit, &self.stats, &mut self.logs);
+                queue_event(&mut self.links, r.key, event, &mut c.flow, self.settings.marks);
                 true
             }
             None => park(&mut self.links, c, &header, body, limit, &self.stats, &mut self.logs),
@@ -135,6 +149,12 @@ impl Gateway {
             }
             rest = &rest[n..];
         }
+    }
+
+    /// A worker link is gone: its waiting clients read again (their next event picks
+    /// another worker).
+    pub(super) fn release_waiting(&mut self, waiting: &[u32]) {
+        self.resume_all(waiting, LINK);
     }
 
     pub(super) fn destroy_client(&mut self, cx: &mut Ctx<'_, Timer>, key: usize) {
@@ -164,33 +184,19 @@ impl Identity {
     }
 }
 
-/// Queue an event on worker link `key`; a full link drops it (counted, logged) and keeps
-/// the client, as GatewayWorker does.
-fn send_event(
-    links: &mut Links,
-    key: usize,
-    event: (&Header, &[u8], &[u8]),
-    limit: usize,
-    stats: &Stats,
-    logs: &mut Logs,
-) {
+/// Queue an event of the client whose flow state is `flow` on worker link `key`. Nothing is
+/// dropped (GatewayWorker drops an event when the link's buffer is full, whoever sent it):
+/// the link's water marks hold the clients that fill it before they are read again
+/// (`Gateway::held`), so the buffer stays within `send_to_worker_buffer_size` plus one
+/// message, plus the connect and close events that read nothing.
+fn queue_event(links: &mut Links, key: usize, event: (&Header, &[u8], &[u8]), flow: &mut Flow, marks: Marks) {
     let (header, session, body) = event;
-    let res = links.table.send_with(key, |inner| {
-        if inner.conn.out.len() >= limit {
-            return Err(());
-        }
-        packet::encode(inner.conn.out.vec(), header, session, body);
-        Ok(())
-    });
-    if res != Some(Err(())) {
-        return;
-    }
-    Slot::bump(&stats.slot().send_fail);
-    if let Some(more) = logs.gate.check("worker_buffer") {
-        let peer = links.get(key).map_or("", |i| i.peer.as_str());
-        warn!(
-            "gateway: SendBufferToWorker fail. The send buffer to worker {peer} is full (gateway.limits.send_to_worker_buffer_size); event dropped{more}"
-        );
+    let Some(inner) = links.table.dirty_mut(key) else { return };
+    let before = inner.conn.out.len();
+    packet::encode(inner.conn.out.vec(), header, session, body);
+    let len = inner.conn.out.len();
+    if inner.flow.queued(flow, len - before, len, marks) {
+        links.congested.push(key);
     }
 }
 

@@ -114,7 +114,7 @@ mod tests {
             total_request: msgs,
             bytes_read: 0,
             bytes_written: 0,
-            limits: [0; 7],
+            limits: [0; 9],
             busy: false,
         };
         Snapshot {

@@ -14,8 +14,17 @@ use crate::stats::unix_millis;
 use crate::wire::packet::{cmd, flag};
 
 /// Names of the limit counters, in `Row::limits` order.
-pub const LIMITS: [&str; 7] =
-    ["connections", "size", "handshake_timeout", "idle_timeout", "slow_client", "uid_group", "bad_input"];
+pub const LIMITS: [&str; 9] = [
+    "connections",
+    "size",
+    "handshake_timeout",
+    "idle_timeout",
+    "slow_client",
+    "uid_group",
+    "bad_input",
+    "throttled",
+    "backpressure",
+];
 
 /// The gateways of this machine: inner address (as announced to the registers), group name,
 /// process id.
@@ -57,7 +66,7 @@ fn family(o: &mut String, name: &str, help: &str) {
 type Family = (&'static str, &'static str, fn(&Row) -> u64);
 
 /// Families with one sample per process: name, help, value.
-const PER_PROCESS: [Family; 8] = [
+const PER_PROCESS: [Family; 10] = [
     (
         "gatewayworker_process_connections",
         "Open sockets of a process: clients, links between processes, register links.",
@@ -74,6 +83,16 @@ const PER_PROCESS: [Family; 8] = [
         |r| r.send_fail,
     ),
     ("gatewayworker_timers", "Armed timers of a process.", |r| r.timers),
+    (
+        "gatewayworker_throttled_total",
+        "Clients found over their rate (max_messages_per_second, max_bytes_per_second): paused or closed.",
+        |r| r.limits[7],
+    ),
+    (
+        "gatewayworker_backpressure_pauses_total",
+        "Clients paused because their worker link was above its high-water mark.",
+        |r| r.limits[8],
+    ),
     ("gatewayworker_resident_memory_bytes", "Resident memory of a process.", |r| r.memory),
     ("gatewayworker_process_busy", "1 when a process has not turned its event loop for 3 seconds.", |r| {
         u64::from(r.busy)
@@ -198,7 +217,7 @@ mod tests {
             total_request: 9,
             bytes_read: 5,
             bytes_written: 6,
-            limits: [0, 1, 2, 3, 4, 5, 6],
+            limits: [0, 1, 2, 3, 4, 5, 6, 7, 8],
             busy: false,
         };
         let s = Snapshot {
@@ -219,6 +238,10 @@ mod tests {
         );
         assert!(text.contains("gatewayworker_limit_hits_total{role=\"gateway\",name=\"Gw\\\"0\",id=\"1\",pid=\"42\",limit=\"slow_client\"} 4\n"));
         assert!(text.contains("gatewayworker_reloads_total 2\n"));
+        assert!(text.contains(
+            "gatewayworker_throttled_total{role=\"gateway\",name=\"Gw\\\"0\",id=\"1\",pid=\"42\"} 7\n"
+        ));
+        assert!(text.contains("limit=\"backpressure\"} 8\n"), "{text}");
         assert!(text.contains("gatewayworker_empty_secret_exposed 1\n"));
         let mut declared = Vec::new();
         for line in text.lines() {

@@ -12,7 +12,8 @@ use std::path::Path;
 use std::sync::atomic::{AtomicU8, AtomicU32, AtomicU64, Ordering};
 
 const MAGIC: u64 = 0x6777_7374_6174_7331; // "gwstats1"
-const VERSION: u32 = 1;
+/// Layout version of the region: 2 added the rate and backpressure counters to `Slot`.
+const VERSION: u32 = 2;
 const TEXT_LEN: usize = 48;
 
 /// An enum stored as a `u32` in the shared region, with the word `status` shows for each value.
@@ -103,7 +104,7 @@ pub struct Slot {
     pub exit_count: AtomicU64,
     pub last_exit_status: AtomicU64,
     /// Limits hit (gateway): connections refused or paused, oversize messages, handshake and
-    /// idle timeouts, slow clients closed, groups/uid refusals.
+    /// idle timeouts, slow clients closed, groups/uid refusals (then rates and backpressure below).
     pub limit_conn: AtomicU64,
     pub limit_size: AtomicU64,
     pub limit_handshake: AtomicU64,
@@ -111,6 +112,11 @@ pub struct Slot {
     pub limit_slow: AtomicU64,
     pub limit_index: AtomicU64,
     pub bad_input: AtomicU64,
+    /// Clients over their rate (`max_messages_per_second`, `max_bytes_per_second`): paused
+    /// or, with `rate_policy = "close"`, closed.
+    pub limit_rate: AtomicU64,
+    /// Clients paused because their worker link was above its high-water mark.
+    pub limit_backpressure: AtomicU64,
     name: [AtomicU8; TEXT_LEN],
     listen: [AtomicU8; TEXT_LEN],
 }

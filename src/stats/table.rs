@@ -22,7 +22,7 @@ pub struct Row {
     pub total_request: u64,
     pub bytes_read: u64,
     pub bytes_written: u64,
-    pub limits: [u64; 7],
+    pub limits: [u64; 9],
     /// No heartbeat for 3 s: the process is alive but not turning its loop.
     pub busy: bool,
 }
@@ -120,6 +120,8 @@ fn live_row(slot: &Slot, role: Role, name: String, now: u64) -> Option<Row> {
             Slot::get(&slot.limit_slow),
             Slot::get(&slot.limit_index),
             Slot::get(&slot.bad_input),
+            Slot::get(&slot.limit_rate),
+            Slot::get(&slot.limit_backpressure),
         ],
         busy: hb != 0 && now.saturating_sub(hb) > 3000,
     })
@@ -249,7 +251,7 @@ pub fn render_json(s: &Snapshot) -> String {
                 "limits": {
                     "connections": r.limits[0], "size": r.limits[1], "handshake_timeout": r.limits[2],
                     "idle_timeout": r.limits[3], "slow_client": r.limits[4], "uid_group": r.limits[5],
-                    "bad_input": r.limits[6],
+                    "bad_input": r.limits[6], "throttled": r.limits[7], "backpressure": r.limits[8],
                 },
             })
         })

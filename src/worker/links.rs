@@ -108,6 +108,11 @@ impl GatewayLinks {
         }
     }
 
+    /// Bytes queued for link `key`'s gateway and not written yet; `None` when it is gone.
+    pub fn queued(&self, key: usize) -> Option<usize> {
+        self.table.get(key).map(|l| l.conn.out.len())
+    }
+
     /// Length of the packet at the head of link `key`'s input, when known (0 otherwise).
     pub fn pending_packet(&self, key: usize) -> usize {
         self.table

@@ -4,6 +4,7 @@
 //! (reload) it drains: asks each gateway to stop routing to it, handles every event already
 //! sent to it, flushes and exits.
 
+mod fair;
 mod links;
 #[cfg(test)]
 mod tests;
@@ -23,7 +24,6 @@ use crate::api::transport::{LocalGateways, Pkt, QueryPool};
 use crate::api::{Events, Value};
 use crate::config::Config;
 use crate::discovery::RegisterLinks;
-use crate::net::conn::ReadEnd;
 use crate::reactor::{Ctx, Reactor, Ready, Service, TimerId};
 use crate::stats::{Slot, State, Stats};
 use crate::wire::packet::{self, Packet, cmd, flag};
@@ -33,7 +33,8 @@ use links::GatewayLinks;
 
 const REGISTER_BASE: usize = 16;
 const LINK_BASE: usize = 1 << 20;
-const LINK_READ_CAP: usize = 4 << 20;
+/// Bytes read from one gateway link per loop turn before the other links get theirs.
+const LINK_TURN_BYTES: usize = 256 << 10;
 const KEEPALIVE: Duration = Duration::from_secs(25);
 /// Largest packet accepted from a gateway.
 const MAX_PACKET: usize = 64 << 20;
@@ -116,6 +117,8 @@ pub struct Worker {
     stop: Stop,
     stopped_app: bool,
     run_dir: std::path::PathBuf,
+    /// Links to read again next turn, links held by a full queue.
+    turns: fair::Turns,
 }
 
 /// Entry point of a business worker process.
@@ -167,6 +170,12 @@ impl Worker {
             stop: Stop::No,
             stopped_app: false,
             run_dir: cfg.run_dir.clone(),
+            turns: fair::Turns {
+                again: Vec::new(),
+                held: Vec::new(),
+                limit: w.send_to_gateway_buffer_size,
+                share: LINK_TURN_BYTES,
+            },
         })
     }
 
@@ -268,18 +277,7 @@ impl Worker {
                 return;
             }
         }
-        loop {
-            // Read at least a whole packet, even one bigger than the cap.
-            let cap = LINK_READ_CAP.max(self.links.pending_packet(key));
-            let end = self.links.read(key, cap);
-            self.dispatch_buffered(cx, key);
-            match end {
-                Ok(ReadEnd::Full) => continue,
-                Ok(ReadEnd::Drained) => return,
-                Ok(ReadEnd::Eof) => return self.link_lost(cx, key, "closed by the gateway"),
-                Err(e) => return self.link_lost(cx, key, &e.to_string()),
-            }
-        }
+        self.read_link(cx, key);
     }
 
     fn link_lost(&mut self, cx: &mut Ctx<'_, Timer>, key: usize, why: &str) {
@@ -457,9 +455,11 @@ impl Service for Worker {
     }
 
     fn end_of_turn(&mut self, cx: &mut Ctx<'_, Timer>) -> bool {
+        self.read_again(cx);
         for key in self.links.flush_dirty() {
             self.link_lost(cx, key, "write failed");
         }
+        self.release_held();
         Slot::set(
             &self.stats.slot().connections,
             (self.links.connected() + self.registers.connected()) as u64,
@@ -471,7 +471,7 @@ impl Service for Worker {
             info!("business worker {}[{}]: drained in {took:?}", self.name, self.id);
             self.finish(cx);
         }
-        false
+        !self.turns.again.is_empty()
     }
 
     fn should_stop(&self) -> bool {

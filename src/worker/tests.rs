@@ -2,7 +2,7 @@
 //! decoded from bytes, a recording application, a real link to a listening socket where a
 //! changed session must arrive.
 
-use std::io::Read;
+use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener};
 use std::sync::{Arc, Mutex};
 
@@ -175,4 +175,75 @@ fn a_drain_acknowledgement_marks_its_link() {
     let (p, _) = packet::decode(&ack, MAX_PACKET).unwrap().unwrap();
     w.dispatch(&mut r.ctx(), key, &p);
     assert!(w.links.all_acked());
+}
+
+/// How many messages of connection `id` the application saw, and the position of the last.
+fn messages_of(seen: &Seen, id: u32) -> (usize, Option<usize>) {
+    let seen = seen.lock().unwrap();
+    let n = seen.iter().filter(|(what, who, _)| *what == "message" && *who == id).count();
+    (n, seen.iter().rposition(|(what, who, _)| *what == "message" && *who == id))
+}
+
+#[test]
+fn a_busy_gateway_link_is_read_a_share_per_turn_and_the_other_gets_its_turn() {
+    let (mut w, mut r, seen) = worker();
+    // A share smaller than what the kernel buffers for one read, so it is what stops a read.
+    w.turns.share = 16 << 10;
+    let (mut busy, busy_addr, busy_key) = linked(&mut w, &mut r);
+    let (mut quiet, quiet_addr, quiet_key) = linked(&mut w, &mut r);
+    // 1500 events of about 200 bytes: many turns' shares.
+    let one = event(cmd::ON_MESSAGE, busy_addr.port(), 1, b"", &[b'b'; 150]);
+    let flood = one.repeat(1500);
+    let writer = std::thread::spawn(move || busy.write_all(&flood).map(|()| busy));
+    let _busy = writer.join().unwrap().unwrap();
+    w.on_link_ready(&mut r.ctx(), busy_key, Ready::READABLE);
+    let (first, _) = messages_of(&seen, 1);
+    assert!(first > 0 && first < 1500, "one share read: {first}");
+    assert_eq!(w.turns.again, vec![busy_key], "the rest waits for the next turn");
+    quiet.write_all(&event(cmd::ON_MESSAGE, quiet_addr.port(), 2, b"", b"q")).unwrap();
+    w.on_link_ready(&mut r.ctx(), quiet_key, Ready::READABLE);
+    for _ in 0..1000 {
+        if messages_of(&seen, 1).0 == 1500 {
+            break;
+        }
+        if !w.end_of_turn(&mut r.ctx()) {
+            // Bytes still in transit when the last read drained: the edge the reactor gives.
+            w.on_link_ready(&mut r.ctx(), busy_key, Ready::READABLE);
+        }
+    }
+    let ((n, last_busy), (_, quiet_at)) = (messages_of(&seen, 1), messages_of(&seen, 2));
+    assert_eq!(n, 1500, "everything dispatched");
+    assert!(quiet_at.unwrap() < last_busy.unwrap(), "the quiet gateway's event did not wait for the flood");
+}
+
+#[test]
+fn a_link_whose_reply_queue_is_full_is_not_read_until_it_drains() {
+    let (mut w, mut r, seen) = worker();
+    let (mut peer, addr, key) = linked(&mut w, &mut r);
+    // Replies queued to this gateway beyond send_to_gateway_buffer_size (1 MiB here).
+    let big = vec![b'r'; 2 << 20];
+    w.links.queue_to(addr, Pkt::new(cmd::SEND_TO_ONE, 9, flag::BODY_IS_SCALAR, b"", &big)).unwrap();
+    peer.write_all(&event(cmd::ON_MESSAGE, addr.port(), 4, b"", b"waits")).unwrap();
+    w.on_link_ready(&mut r.ctx(), key, Ready::READABLE);
+    assert_eq!(w.turns.held, vec![key]);
+    assert!(seen.lock().unwrap().is_empty(), "not read while the queue is full");
+    // The gateway reads its replies; once the queue is below a quarter, the event is read.
+    let mut reader = peer.try_clone().unwrap();
+    let drain = std::thread::spawn(move || {
+        let mut total = 0;
+        let mut chunk = vec![0u8; 1 << 16];
+        while total < big.len() {
+            total += reader.read(&mut chunk).unwrap();
+        }
+    });
+    for _ in 0..100_000 {
+        if messages_of(&seen, 4).0 == 1 {
+            break;
+        }
+        w.end_of_turn(&mut r.ctx());
+        w.on_link_ready(&mut r.ctx(), key, Ready::WRITABLE);
+    }
+    assert_eq!(messages_of(&seen, 4).0, 1);
+    assert!(w.turns.held.is_empty());
+    drain.join().unwrap();
 }

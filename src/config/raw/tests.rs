@@ -215,3 +215,28 @@ fn an_empty_environment_override_keeps_the_conf_value() {
     let c = load_with_env(&text, &[("GW_SECRET_KEY".into(), "from-the-env-0123456".into())]).unwrap();
     assert_eq!(c.secret_key, "from-the-env-0123456");
 }
+
+#[test]
+fn flow_limit_keys_have_defaults_and_checked_values() {
+    use crate::config::{FlowLimits, RatePolicy};
+    assert_eq!(load_str(MINIMAL).unwrap().gateways[0].limits.flow, FlowLimits::default());
+    let set = "start_port = 2300\n[gateway.limits]\nmax_messages_per_second = 50\nmax_bytes_per_second = 0\nrate_policy = \"close\"\nworker_high_water = 65536";
+    let f = load_str(&MINIMAL.replace("start_port = 2300", set)).unwrap().gateways[0].limits.flow.clone();
+    assert_eq!(
+        f,
+        FlowLimits {
+            worker_high_water: 65536,
+            max_messages_per_second: 50,
+            max_bytes_per_second: 0,
+            rate_policy: RatePolicy::Close
+        }
+    );
+    let bad =
+        MINIMAL.replace("start_port = 2300", "start_port = 2300\n[gateway.limits]\nrate_policy = \"slow\"");
+    let e = load_str(&bad).unwrap_err();
+    assert_eq!(e.key, "gateway[0].limits.rate_policy", "{e}");
+    assert!(e.to_string().contains("throttle"), "{e}");
+    let bad = MINIMAL
+        .replace("start_port = 2300", "start_port = 2300\n[gateway.limits]\nmax_messages_per_second = -1");
+    assert_eq!(load_str(&bad).unwrap_err().key, "gateway[0].limits.max_messages_per_second");
+}

@@ -4,6 +4,7 @@
 //! wait is a read with a deadline.
 
 mod commands;
+mod flow;
 mod queries;
 mod relay;
 
@@ -81,6 +82,7 @@ pub(crate) fn config(proto: Proto, dir: &std::path::Path, tweak: impl FnOnce(&mu
         max_groups_per_client: 8,
         max_uid_len: 64,
         max_session_size: 4096,
+        flow: crate::config::FlowLimits::default(),
     };
     tweak(&mut limits);
     let gateway = GatewayConf {
@@ -118,6 +120,16 @@ pub(crate) fn config(proto: Proto, dir: &std::path::Path, tweak: impl FnOnce(&mu
     }
 }
 
+/// Listeners on 127.0.0.1:0 and a Unix socket in `dir`.
+pub(crate) fn listeners(dir: &std::path::Path) -> Listeners {
+    let any = SocketAddr::from((Ipv4Addr::LOCALHOST, 0));
+    Listeners {
+        public: TcpListener::bind(any).unwrap(),
+        inner_tcp: TcpListener::bind(any).unwrap(),
+        inner_unix: UnixListener::bind(dir.join("inner.sock")).unwrap(),
+    }
+}
+
 impl Gw {
     pub fn start(proto: Proto) -> Gw {
         Gw::with_limits(proto, |_| {})
@@ -130,12 +142,7 @@ impl Gw {
         let dir = std::env::temp_dir().join(format!("gw-inproc-{}-{n}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let mut cfg = config(proto, &dir, tweak);
-        let any = SocketAddr::from((Ipv4Addr::LOCALHOST, 0));
-        let listeners = Listeners {
-            public: TcpListener::bind(any).unwrap(),
-            inner_tcp: TcpListener::bind(any).unwrap(),
-            inner_unix: UnixListener::bind(dir.join("inner.sock")).unwrap(),
-        };
+        let listeners = listeners(&dir);
         let public = listeners.public.local_addr().unwrap();
         let inner = listeners.inner_tcp.local_addr().unwrap();
         cfg.gateways[0].listen = public;
