@@ -292,7 +292,7 @@ impl Ledger {
     fn rerouted_at(&self, m: &Msg, down: &Fault) -> Option<Instant> {
         let gone = |f: &&Fault| matches!(f.kind, Kind::Reload | Kind::WorkerKill) && f.at <= m.sent;
         let worker = m.sender_worker?;
-        let f = self.faults.iter().filter(gone).filter(|f| f.pids.contains(&worker)).last()?;
+        let f = self.faults.iter().rev().filter(gone).find(|f| f.pids.contains(&worker))?;
         Some(if (down.at..=down.until).contains(&f.until) { f.until } else { down.at })
     }
 
