@@ -355,19 +355,20 @@ fn gateway(
     })
 }
 
+/// `send_full_policy` values; the first is the default.
+const SEND_FULL_POLICIES: &[(&str, SendFullPolicy, &str)] = &[
+    ("drop", SendFullPolicy::Drop, "drop the message, counted in send_fail"),
+    ("close", SendFullPolicy::Close, "close the client"),
+];
+
+/// `rate_policy` values; the first is the default.
+const RATE_POLICIES: &[(&str, RatePolicy, &str)] = &[
+    ("throttle", RatePolicy::Throttle, "stop reading the client for a while"),
+    ("close", RatePolicy::Close, "close the client with 1008"),
+];
+
 fn limits(l: &mut Sec<'_>) -> Result<GatewayLimits, ConfigError> {
-    let policy = l.string("send_full_policy", Some("drop"))?;
-    let send_full_policy = match policy.as_str() {
-        "drop" => SendFullPolicy::Drop,
-        "close" => SendFullPolicy::Close,
-        other => {
-            return Err(l.err(
-                "send_full_policy",
-                format!("unknown policy {other:?}"),
-                "use \"drop\" (count in send_fail) or \"close\"",
-            ));
-        }
-    };
+    let send_full_policy = l.policy("send_full_policy", SEND_FULL_POLICIES)?;
     Ok(GatewayLimits {
         max_package_size: l.int("max_package_size", 10_485_760, 64, 1 << 30)? as usize,
         send_to_client_buffer_size: l.int("send_to_client_buffer_size", 1_024_000, 1024, 1 << 32)? as usize,
@@ -386,18 +387,7 @@ fn limits(l: &mut Sec<'_>) -> Result<GatewayLimits, ConfigError> {
 /// The flow control keys of `[gateway.limits]`.
 fn flow_limits(l: &mut Sec<'_>) -> Result<FlowLimits, ConfigError> {
     let d = FlowLimits::default();
-    let policy = l.string("rate_policy", Some("throttle"))?;
-    let rate_policy = match policy.as_str() {
-        "throttle" => RatePolicy::Throttle,
-        "close" => RatePolicy::Close,
-        other => {
-            return Err(l.err(
-                "rate_policy",
-                format!("unknown policy {other:?}"),
-                "use \"throttle\" (stop reading the client for a while) or \"close\"",
-            ));
-        }
-    };
+    let rate_policy = l.policy("rate_policy", RATE_POLICIES)?;
     Ok(FlowLimits {
         worker_high_water: l.int("worker_high_water", d.worker_high_water as i64, 1024, 1 << 32)? as usize,
         max_messages_per_second: l.int(
@@ -533,6 +523,20 @@ impl<'a> Sec<'a> {
             (Some(v), _) => Err(self.type_err(k, "a string", v)),
             (None, Some(d)) => Ok(d.to_string()),
             (None, None) => Err(self.err(k, "missing".into(), "this key is required")),
+        }
+    }
+
+    /// A policy key: a string naming one of `options` with what it does (the first when
+    /// absent).
+    fn policy<T: Copy>(&mut self, k: &str, options: &[(&str, T, &str)]) -> Result<T, ConfigError> {
+        let v = self.string(k, Some(options[0].0))?;
+        match options.iter().find(|(name, ..)| *name == v) {
+            Some(&(_, t, _)) => Ok(t),
+            None => {
+                let each: Vec<String> =
+                    options.iter().map(|(name, _, does)| format!("\"{name}\" ({does})")).collect();
+                Err(self.err(k, format!("unknown policy {v:?}"), &format!("use {}", each.join(" or "))))
+            }
         }
     }
 
