@@ -61,6 +61,16 @@ impl GatewayLinks {
         self.by_addr.get(&gw).and_then(|k| self.table.get(*k)).is_some_and(|l| l.connected)
     }
 
+    #[cfg(test)]
+    pub fn key_of(&self, gw: SocketAddrV4) -> Option<usize> {
+        self.by_addr.get(&gw).copied()
+    }
+
+    /// Link `key`'s connect had finished.
+    pub fn is_up(&self, key: usize) -> bool {
+        self.table.get(key).is_some_and(|l| l.connected)
+    }
+
     pub fn connected(&self) -> usize {
         self.table.iter().filter(|(_, l)| l.connected).count()
     }

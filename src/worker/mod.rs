@@ -1,6 +1,6 @@
 //! A business worker process: asks the registers for the gateways, keeps one link to every
-//! gateway (Unix socket when the gateway is on this host, TCP otherwise, redialled 1 s after
-//! a close), and runs the application's `Events` for every client event. On a graceful stop
+//! gateway (Unix socket when the gateway is on this host, TCP otherwise; a link that breaks is
+//! redialled at once, then 1 s after each failure), and runs the application's `Events` for every client event. On a graceful stop
 //! (reload) it drains: asks each gateway to stop routing to it, handles every event already
 //! sent to it, flushes and exits.
 
@@ -36,6 +36,8 @@ const LINK_BASE: usize = 1 << 20;
 /// Bytes read from one gateway link per loop turn before the other links get theirs.
 const LINK_TURN_BYTES: usize = 256 << 10;
 const KEEPALIVE: Duration = Duration::from_secs(25);
+/// A gateway whose link failed is dialled again after this long.
+const REDIAL_AFTER: Duration = Duration::from_secs(1);
 /// Largest packet accepted from a gateway.
 const MAX_PACKET: usize = 64 << 20;
 
@@ -64,6 +66,8 @@ struct Known {
     answered: bool,
     /// Gateways waiting for their redial timer.
     retrying: HashSet<SocketAddrV4>,
+    /// When each gateway was last redialled at once after its link broke.
+    redialled: HashMap<SocketAddrV4, Instant>,
 }
 
 /// Timers the application asked for: requested during a callback, armed after it.
@@ -246,7 +250,7 @@ impl Worker {
         if let Err(e) = self.links.dial(cx.registry, gw) {
             warn!("business worker: cannot link to gateway {gw}: {e}; retrying in 1 s");
             self.known.retrying.insert(gw);
-            cx.after(Duration::from_secs(1), Timer::GatewayRetry(gw));
+            cx.after(REDIAL_AFTER, Timer::GatewayRetry(gw));
         }
     }
 
@@ -280,12 +284,25 @@ impl Worker {
         self.read_link(cx, key);
     }
 
+    /// A link broke or its connect failed. A link that was up is redialled at once (a
+    /// gateway killed and restarted by its master is listening again at once: the master holds
+    /// its sockets), so that this worker's sends to the gateway's clients, once they are back,
+    /// are not lost for a second; at most once a second per gateway, else after 1 s.
     fn link_lost(&mut self, cx: &mut Ctx<'_, Timer>, key: usize, why: &str) {
+        let was_up = self.links.is_up(key);
         let Some(gw) = self.links.remove(cx.registry, key) else { return };
         if self.stop == Stop::No && self.known.gateways.contains(&gw) {
-            warn!("business worker: link to gateway {gw} lost ({why}); redialling in 1 s");
-            self.known.retrying.insert(gw);
-            cx.after(Duration::from_secs(1), Timer::GatewayRetry(gw));
+            let now = Instant::now();
+            let recent = self.known.redialled.get(&gw).is_some_and(|t| now < *t + REDIAL_AFTER);
+            if was_up && !recent {
+                warn!("business worker: link to gateway {gw} lost ({why}); redialling");
+                self.known.redialled.insert(gw, now);
+                self.dial_gateway(cx, gw);
+            } else {
+                warn!("business worker: link to gateway {gw} lost ({why}); redialling in 1 s");
+                self.known.retrying.insert(gw);
+                cx.after(REDIAL_AFTER, Timer::GatewayRetry(gw));
+            }
         } else {
             info!("business worker: link to gateway {gw} closed ({why})");
         }

@@ -247,3 +247,40 @@ fn a_link_whose_reply_queue_is_full_is_not_read_until_it_drains() {
     assert!(w.turns.held.is_empty());
     drain.join().unwrap();
 }
+
+#[test]
+fn a_broken_gateway_link_is_redialled_at_once_then_after_a_second() {
+    let (mut w, mut r, _) = worker();
+    let gateway = TcpListener::bind("127.0.0.1:0").unwrap();
+    let SocketAddr::V4(addr) = gateway.local_addr().unwrap() else { unreachable!() };
+    w.known.gateways = vec![addr];
+    w.dial_gateway(&mut r.ctx(), addr);
+    let key = w.links.key_of(addr).unwrap();
+    let (first, _) = gateway.accept().unwrap();
+    assert!(w.links.on_ready(key, Ready::WRITABLE).unwrap());
+    drop(first);
+    // It was up (a gateway killed and restarted): dialled again now, not in a second.
+    w.link_lost(&mut r.ctx(), key, "closed by the gateway");
+    let again = w.links.key_of(addr).expect("redialled at once");
+    assert!(!w.known.retrying.contains(&addr));
+    let (_second, _) = gateway.accept().unwrap();
+    assert!(w.links.on_ready(again, Ready::WRITABLE).unwrap());
+    // Broken again within the second (a gateway that hangs up at once): the timer, no storm.
+    w.link_lost(&mut r.ctx(), again, "closed by the gateway");
+    assert!(!w.links.has(addr));
+    assert!(w.known.retrying.contains(&addr));
+}
+
+#[test]
+fn a_connect_that_fails_waits_a_second() {
+    let (mut w, mut r, _) = worker();
+    let gateway = TcpListener::bind("127.0.0.1:0").unwrap();
+    let SocketAddr::V4(addr) = gateway.local_addr().unwrap() else { unreachable!() };
+    w.known.gateways = vec![addr];
+    w.dial_gateway(&mut r.ctx(), addr);
+    let key = w.links.key_of(addr).unwrap();
+    // Never up: the connect itself failed.
+    w.link_lost(&mut r.ctx(), key, "connection refused");
+    assert!(!w.links.has(addr));
+    assert!(w.known.retrying.contains(&addr));
+}
