@@ -304,9 +304,11 @@ impl Ledger {
 }
 
 /// A churn cycle without a reply is explained by a worker machine unplugged during it (its
-/// requests may have gone to a worker there).
+/// requests may have gone to a worker there), until the later of the detection window and
+/// the cable's return, plus the route switch.
 fn unanswered_in(o: &Outage, f: &Fault) -> bool {
-    let end = f.at + PEER_TIMEOUT + ROUTE_SWITCH;
+    // As for messages: the detection window, and in any case while the cable is out.
+    let end = (f.at + PEER_TIMEOUT).max(f.until) + ROUTE_SWITCH;
     o.no_reply && f.kind == Kind::LinkDown && f.at <= o.to.unwrap_or(o.from) && o.from <= end
 }
 
@@ -1564,4 +1566,27 @@ fn memory_growth_is_flagged_only_when_sustained() {
     assert!(rss_growth(&spike).is_empty());
     let leak: Vec<Vec<u64>> = (0..20).map(|i| vec![50_000 + i * 5000]).collect();
     assert_eq!(rss_growth(&leak).len(), 1);
+}
+
+#[test]
+fn a_churn_cycle_unanswered_while_the_cable_is_out_is_explained() {
+    let t = Instant::now();
+    let unplug = fault(Kind::LinkDown, t, secs(14.0), None, &[8]);
+    let cycle = |from: f64| Outage {
+        from: t + secs(from),
+        to: Some(t + secs(from + 2.0)),
+        gw: String::new(),
+        why: "no reply".into(),
+        no_reply: true,
+    };
+    // Past the detection window (10 s + 1 s) but with the cable still out.
+    assert!(unanswered_in(&cycle(11.1), &unplug));
+    assert!(unanswered_in(&cycle(14.5), &unplug));
+    assert!(!unanswered_in(&cycle(15.5), &unplug), "the cable was back 1.5 s before");
+    let short = fault(Kind::LinkDown, t, secs(4.0), None, &[8]);
+    assert!(unanswered_in(&cycle(10.5), &short), "the detection window outlasts a short outage");
+    assert!(!unanswered_in(&cycle(11.5), &short));
+    let mut answered = cycle(5.0);
+    answered.no_reply = false;
+    assert!(!unanswered_in(&answered, &unplug), "a disconnection is not a missing reply");
 }
