@@ -36,7 +36,10 @@
 //!   the gateway had nothing to send on times out `PEER_TIMEOUT` after its first unanswered
 //!   bytes, not after the pull); and in any case until the cable is back plus `ROUTE_SWITCH`
 //!   (a worker whose own side timed out redials, and the gateway closes the older link with
-//!   what was queued on it);
+//!   what was queued on it); all of it plus `HALF_OPEN` (the keepalive interval: the worker's
+//!   side of a link the gateway gave up on stays open until its next send or probe there,
+//!   which the gateway's host answers with a reset, and what it sent on it until then is
+//!   lost);
 //! - the API refused it at send time (counted apart: "refused", not "sent").
 //!
 //! Anything else lost (reload, SIGSTOP, register kill, full disk, or no fault at all) is an
@@ -67,6 +70,10 @@ const IN_FLIGHT: Duration = Duration::from_secs(2);
 const ROUTE_SWITCH: Duration = Duration::from_secs(1);
 /// Inner links close after this much unacknowledged silence (`net::inner_link_options`).
 const PEER_TIMEOUT: Duration = Duration::from_secs(10);
+/// The inner links' keepalive interval (`net::inner_link_options`): a worker whose link the
+/// gateway gave up on while the cable was out learns it at its next send or probe on it, which
+/// the gateway's host answers with a reset; what it sent on that link until then is lost.
+const HALF_OPEN: Duration = Duration::from_secs(5);
 /// A disconnection is explained by a gateway kill this long before it was seen.
 const KILL_SEEN: Duration = Duration::from_secs(5);
 /// Pause between two messages of one client.
@@ -272,8 +279,11 @@ impl Ledger {
                     // And while the cable is out, anything routed to that machine may end on
                     // a link one side gives up on before it is back (a worker that redials
                     // makes the gateway close the older link, with what was queued on it).
+                    // Then the worker's own side of a link the gateway gave up on stays open
+                    // until its next send or keepalive probe there (`HALF_OPEN`).
                     let start = if by_worker(f) { Some(f.at) } else { self.rerouted_at(m, f) };
-                    start.is_some_and(|s| sent_in(f.at, (s + PEER_TIMEOUT).max(f.until) + ROUTE_SWITCH))
+                    let end = |s: Instant| (s + PEER_TIMEOUT).max(f.until) + HALF_OPEN + ROUTE_SWITCH;
+                    start.is_some_and(|s| sent_in(f.at, end(s)))
                 }
                 _ => false,
             };
@@ -1499,19 +1509,24 @@ fn losses_are_excused_only_in_the_window_of_a_fault_on_their_path() {
         (msg(t + secs(1.5), "B", 7, &[0]), None),
         (msg(u + secs(9.0), "B", 8, &[0]), Some(Kind::LinkDown)),
         (msg(u + secs(10.5), "B", 8, &[0]), Some(Kind::LinkDown)),
-        (msg(u + secs(11.5), "B", 8, &[0]), None),
+        // Past the detection window, the worker's side may still be half open (5 s).
+        (msg(u + secs(15.5), "B", 8, &[0]), Some(Kind::LinkDown)),
+        (msg(u + secs(16.5), "B", 8, &[0]), None),
         (msg(t + secs(2.0), "B", 6, &[0]), None),
         (msg(u + secs(3.0), "B", 5, &[0]), Some(Kind::LinkDown)),
         (msg(u + secs(3.0), "B", 7, &[0]), Some(Kind::LinkDown)),
         (msg(u + secs(3.0), "B", 4, &[0]), None),
         // Worker 3 was reloaded while the cable was out (u+2 .. u+3): its client's messages
-        // went to the unplugged machine from u+3 on, whose link times out 10 s after that.
-        (msg(u + secs(13.5), "B", 3, &[0]), Some(Kind::LinkDown)),
-        (msg(u + secs(14.5), "B", 3, &[0]), None),
-        (msg(u + secs(12.5), "B", 5, &[0]), None),
-        // Worker 2's machine was out for 15 s: its clients' messages may be lost until then.
-        (msg(w + secs(14.5), "B", 2, &[0]), Some(Kind::LinkDown)),
-        (msg(w + secs(16.5), "B", 2, &[0]), None),
+        // went to the unplugged machine from u+3 on, whose link times out 10 s after that
+        // (+ 5 s half open + 1 s route switch).
+        (msg(u + secs(18.5), "B", 3, &[0]), Some(Kind::LinkDown)),
+        (msg(u + secs(19.5), "B", 3, &[0]), None),
+        (msg(u + secs(15.5), "B", 5, &[0]), Some(Kind::LinkDown)),
+        (msg(u + secs(16.5), "B", 5, &[0]), None),
+        // Worker 2's machine was out for 15 s: its clients' messages may be lost until then
+        // (+ 5 s half open + 1 s route switch).
+        (msg(w + secs(20.5), "B", 2, &[0]), Some(Kind::LinkDown)),
+        (msg(w + secs(21.5), "B", 2, &[0]), None),
     ];
     let l = ledger(faults, cases.iter().map(|(m, _)| m.clone()).collect());
     for (id, (_, want)) in cases.iter().enumerate() {
