@@ -8,6 +8,7 @@ use std::collections::HashMap;
 use std::fmt;
 use std::io::{self, Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpStream};
+use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -133,6 +134,28 @@ impl Write for Conn {
 }
 
 impl Conn {
+    fn fd(&self) -> RawFd {
+        match self {
+            Conn::Tcp(s) => s.as_raw_fd(),
+            Conn::Unix(s) => s.as_raw_fd(),
+        }
+    }
+
+    /// The gateway closed or reset this idle cached connection (it was killed or restarted),
+    /// or sent something nobody asked for: a write would go nowhere (the first write after a
+    /// close succeeds into the dead socket), so it must not be used. One non-blocking peek.
+    fn is_stale(&self) -> bool {
+        let mut b = [0u8; 1];
+        // SAFETY: `fd` is a connected socket this value owns; `b` is a valid 1-byte buffer.
+        let n =
+            unsafe { libc::recv(self.fd(), b.as_mut_ptr().cast(), 1, libc::MSG_PEEK | libc::MSG_DONTWAIT) };
+        if n >= 0 {
+            return true;
+        }
+        let e = io::Error::last_os_error().kind();
+        e != io::ErrorKind::WouldBlock && e != io::ErrorKind::Interrupted
+    }
+
     fn set_read_timeout(&self, t: Duration) -> io::Result<()> {
         let t = Some(t.max(Duration::from_millis(1)));
         match self {
@@ -184,11 +207,16 @@ impl QueryPool {
     }
 
     /// Write `packet` (prefixed with the auth packet when a secret is set) to `gw`, opening
-    /// the connection if needed and retrying once on a stale cached one.
+    /// the connection if needed, replacing a cached one the gateway has closed, and retrying
+    /// once when the write itself fails.
     fn write(&mut self, gw: SocketAddrV4, packet: &[u8]) -> io::Result<()> {
         let mut buf = Vec::with_capacity(self.auth.len() + packet.len());
         buf.extend_from_slice(&self.auth);
         buf.extend_from_slice(packet);
+        if self.conns.get(&gw).is_some_and(Conn::is_stale) {
+            log::debug!("query connection to {gw} was closed by the gateway; reconnecting");
+            self.conns.remove(&gw);
+        }
         for attempt in 0..2 {
             if !self.conns.contains_key(&gw) {
                 let c = self.connect(gw)?;
@@ -273,4 +301,65 @@ fn read_exact_until(c: &mut Conn, mut buf: &mut [u8], deadline: Instant) -> io::
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::TcpListener;
+
+    use super::*;
+
+    /// The next connection to `l` within 5 s, with the packet it carries.
+    fn next_packet(l: &TcpListener) -> Option<(TcpStream, Vec<u8>)> {
+        l.set_nonblocking(true).unwrap();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let (mut s, _) = loop {
+            match l.accept() {
+                Ok(c) => break c,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock && Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+                Err(_) => return None,
+            }
+        };
+        s.set_nonblocking(false).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let mut head = [0u8; packet::HEADER_LEN];
+        s.read_exact(&mut head).unwrap();
+        let len = u32::from_be_bytes(head[..4].try_into().unwrap()) as usize;
+        let mut rest = vec![0u8; len - packet::HEADER_LEN];
+        s.read_exact(&mut rest).unwrap();
+        Some((s, [&head[..], &rest].concat()))
+    }
+
+    #[test]
+    fn a_send_after_the_gateway_closed_the_cached_connection_goes_on_a_new_one() {
+        let gateway = TcpListener::bind("127.0.0.1:0").unwrap();
+        let SocketAddr::V4(gw) = gateway.local_addr().unwrap() else { unreachable!() };
+        let mut pool = QueryPool::new("", Duration::from_secs(1), None);
+        let first = Pkt::new(cmd::SEND_TO_ALL, 0, flag::BODY_IS_SCALAR, b"", b"one");
+        pool.send(gw, first).unwrap();
+        let (conn, got) = next_packet(&gateway).expect("first connection");
+        assert_eq!(got, first.to_vec());
+        // The gateway dies: its end of the cached connection closes.
+        drop(conn);
+        let second = Pkt::new(cmd::SEND_TO_ALL, 0, flag::BODY_IS_SCALAR, b"", b"two");
+        // Wait until the close has reached the pool's socket (loopback: at once).
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !pool.conns[&gw].is_stale() {
+            assert!(Instant::now() < deadline, "the close never arrived");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        pool.send(gw, second).unwrap();
+        let (_conn, got) = next_packet(&gateway).expect("the send opened a new connection");
+        assert_eq!(got, second.to_vec());
+    }
+
+    #[test]
+    fn an_idle_open_connection_is_not_stale() {
+        let gateway = TcpListener::bind("127.0.0.1:0").unwrap();
+        let c = Conn::Tcp(TcpStream::connect(gateway.local_addr().unwrap()).unwrap());
+        let (_peer, _) = gateway.accept().unwrap();
+        assert!(!c.is_stale());
+    }
 }
