@@ -248,14 +248,21 @@ fn a_link_whose_reply_queue_is_full_is_not_read_until_it_drains() {
     drain.join().unwrap();
 }
 
-#[test]
-fn a_broken_gateway_link_is_redialled_at_once_then_after_a_second() {
+/// A worker that knows one listening "gateway" and has started dialling it: the worker, its
+/// reactor, the listener, its address and the link's key.
+fn dialling() -> (Worker, Reactor<Timer>, TcpListener, SocketAddrV4, usize) {
     let (mut w, mut r, _) = worker();
     let gateway = TcpListener::bind("127.0.0.1:0").unwrap();
     let SocketAddr::V4(addr) = gateway.local_addr().unwrap() else { unreachable!() };
     w.known.gateways = vec![addr];
     w.dial_gateway(&mut r.ctx(), addr);
     let key = w.links.key_of(addr).unwrap();
+    (w, r, gateway, addr, key)
+}
+
+#[test]
+fn a_broken_gateway_link_is_redialled_at_once_then_after_a_second() {
+    let (mut w, mut r, gateway, addr, key) = dialling();
     let (first, _) = gateway.accept().unwrap();
     assert!(w.links.on_ready(key, Ready::WRITABLE).unwrap());
     drop(first);
@@ -273,12 +280,7 @@ fn a_broken_gateway_link_is_redialled_at_once_then_after_a_second() {
 
 #[test]
 fn a_connect_that_fails_waits_a_second() {
-    let (mut w, mut r, _) = worker();
-    let gateway = TcpListener::bind("127.0.0.1:0").unwrap();
-    let SocketAddr::V4(addr) = gateway.local_addr().unwrap() else { unreachable!() };
-    w.known.gateways = vec![addr];
-    w.dial_gateway(&mut r.ctx(), addr);
-    let key = w.links.key_of(addr).unwrap();
+    let (mut w, mut r, _gateway, addr, key) = dialling();
     // Never up: the connect itself failed.
     w.link_lost(&mut r.ctx(), key, "connection refused");
     assert!(!w.links.has(addr));
