@@ -18,9 +18,20 @@ pub enum Io {
 }
 
 impl Io {
-    /// Register once for both directions (edge-triggered); never re-registered.
+    /// Register for both directions (edge-triggered). A Unix stream wrapped in a `Conn` that
+    /// watches its write interest (`Conn::watch`) drops WRITABLE after its first complete
+    /// flush and takes it again only while its output blocks.
     pub fn register(&mut self, reg: &Registry, token: Token) -> io::Result<()> {
         reg.register(self.source(), token, Interest::READABLE | Interest::WRITABLE)
+    }
+
+    /// The Unix stream's descriptor (`None` for TCP and TLS).
+    pub fn unix_fd(&self) -> Option<std::os::fd::RawFd> {
+        use std::os::fd::AsRawFd;
+        match self {
+            Io::Unix(s) => Some(s.as_raw_fd()),
+            _ => None,
+        }
     }
 
     pub fn deregister(&mut self, reg: &Registry) {

@@ -95,6 +95,7 @@ impl Link {
         let mut io = connect(&self.target)?;
         io.register(reg, self.token)?;
         let mut conn = Conn::new(io);
+        conn.watch(reg, self.token);
         conn.out.extend(hello);
         self.conn = Some(conn);
         self.phase = Phase::Connecting;
