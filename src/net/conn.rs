@@ -50,12 +50,12 @@ pub struct Conn {
 /// A Unix stream between a gateway and a business worker on one host wakes its writer up each
 /// time the peer reads from it (the send buffer drained: a WRITABLE edge) although there is
 /// usually nothing left to write. Measured in W2 (one gateway, one worker, Unix links): 0.22
-/// context switches per message with WRITABLE always on, 0.11-0.17 without, 10 % less CPU per
-/// message (`bench/RESULTS.md`, "Fewer wake-ups"). So such a stream is registered for both directions (a
-/// non-blocking connect is confirmed by WRITABLE), drops WRITABLE after its first complete
-/// flush, and takes it back when a write would block, until its output is written. The switch
-/// is the `epoll_ctl(EPOLL_CTL_MOD)` mio's `reregister` makes, with mio's flags, done here
-/// because the connection is flushed from places that hold no `Registry`.
+/// context switches per message with WRITABLE always on, 0.11-0.17 without, 10 % less CPU
+/// per message (`bench/RESULTS.md`, "Fewer wake-ups"). So such a stream is registered for
+/// both directions (a non-blocking connect is confirmed by WRITABLE), drops WRITABLE after its
+/// first complete flush, and takes it back when a write would block, until its output is
+/// written. The switch is the `epoll_ctl(EPOLL_CTL_MOD)` mio's `reregister` makes, with mio's
+/// flags, done here because the connection is flushed from places that hold no `Registry`.
 struct WriteInterest {
     epoll: RawFd,
     fd: RawFd,
