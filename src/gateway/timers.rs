@@ -7,7 +7,7 @@ use log::{info, warn};
 
 use super::{Gateway, KEEPALIVE, Timer};
 use crate::config::Proto;
-use crate::reactor::Ctx;
+use crate::reactor::{Ctx, Ready};
 use crate::stats::Slot;
 use crate::wire::packet::{self, Header, cmd, flag};
 
@@ -30,6 +30,11 @@ impl Gateway {
         let mut ping = Vec::new();
         for (key, c) in self.clients.iter_mut() {
             if c.conn.dead {
+                continue;
+            }
+            // Held by flow control with input waiting unread: it is sending, not silent.
+            if c.flow.paused != 0 && (c.conn.ready.contains(Ready::READABLE) || !c.conn.inbuf.is_empty()) {
+                c.ping = 0;
                 continue;
             }
             if limit > 0 && c.ping >= 2 * limit {

@@ -276,3 +276,26 @@ fn over_its_byte_rate_with_the_close_policy_a_websocket_client_gets_1008() {
     let mut api = gw.api();
     assert_eq!(api.query(cmd::GET_CLIENT_COUNT_BY_GROUP, 0, b""), b"i:0;");
 }
+
+#[test]
+fn a_client_held_with_input_waiting_is_not_closed_as_silent() {
+    let mut b = Bare::new(|l| {
+        l.flow.max_messages_per_second = 10;
+        l.flow.max_bytes_per_second = 0;
+    });
+    b.gw.settings.ping_limit = 1;
+    let (fast, _, mut fpeer) = b.client();
+    let (idle, _, _ipeer) = b.client();
+    fpeer.write_all(&b"m\n".repeat(30)).unwrap();
+    b.readable(fast);
+    b.turn();
+    assert_eq!(b.gw.clients.get(fast).unwrap().flow.paused, RATE);
+    // Past the heartbeat limit: the silent client goes, the throttled one (its messages wait
+    // unread) stays.
+    for _ in 0..5 {
+        b.gw.heartbeat();
+    }
+    b.turn();
+    assert!(b.gw.clients.get(idle).is_none_or(|c| c.conn.dead), "the silent client was not closed");
+    assert!(!b.gw.clients.get(fast).unwrap().conn.dead, "the throttled client was closed as silent");
+}
