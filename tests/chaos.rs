@@ -35,8 +35,8 @@
 //!   with the window counted from that reroute when it fell while the cable was out (a link
 //!   the gateway had nothing to send on times out `PEER_TIMEOUT` after its first unanswered
 //!   bytes, not after the pull); and in any case until the cable is back plus `ROUTE_SWITCH`
-//!   (a worker whose own side timed out redials, and the gateway closes the older link with
-//!   what was queued on it); all of it plus `HALF_OPEN` (the keepalive interval: the worker's
+//!   (a worker whose own side timed out redials, and the gateway closes the older link: what
+//!   its socket had taken is lost, the whole packets still queued move to the new link); all of it plus `HALF_OPEN` (the keepalive interval: the worker's
 //!   side of a link the gateway gave up on stays open until its next send or probe there,
 //!   which the gateway's host answers with a reset, and what it sent on it until then is
 //!   lost);
@@ -278,7 +278,7 @@ impl Ledger {
                     // the moment it was routed to that machine.
                     // And while the cable is out, anything routed to that machine may end on
                     // a link one side gives up on before it is back (a worker that redials
-                    // makes the gateway close the older link, with what was queued on it).
+                    // makes the gateway close the older link, with what its socket had taken).
                     // Then the worker's own side of a link the gateway gave up on stays open
                     // until its next send or keepalive probe there (`HALF_OPEN`).
                     let start = if by_worker(f) { Some(f.at) } else { self.rerouted_at(m, f) };

@@ -307,11 +307,22 @@ impl Gateway {
         inner.kind = Kind::Worker { key: key.clone(), draining: false };
         inner.authorized = true;
         let serial = inner.serial;
-        // GatewayWorker 4: a second connection with the same key evicts the older one.
+        // GatewayWorker 4: a second connection with the same key evicts the older one. The
+        // worker redialled (its side of the older link timed out): the whole events still
+        // queued on the older link go first on the new one instead of being dropped with it.
         for k in self.links.others_with_key(from, &key) {
-            warn!("gateway: business worker {key} connected again; closing its older link");
+            let moved = self.links.take_whole_queued(k);
+            warn!(
+                "gateway: business worker {key} connected again; closing its older link ({} bytes of events queued on it go on the new link)",
+                moved.len()
+            );
             self.links.kill(k);
             self.router.remove(k);
+            if !moved.is_empty()
+                && let Some(out) = self.links.out(from)
+            {
+                out.prepend(&moved);
+            }
         }
         self.router.add(Route { key: from, serial });
         info!("gateway: business worker {key} connected");

@@ -12,6 +12,7 @@ use crate::net::io::Io;
 use crate::net::table::{Owned, Table, conn_field};
 use crate::reactor::OutBuf;
 use crate::stats::conns::ConnInfo;
+use crate::wire::packet;
 
 /// What the peer said it is.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -34,10 +35,21 @@ pub struct Inner {
     pub authorized: bool,
     /// Congestion state when it is a worker link.
     pub flow: LinkFlow,
+    /// Worker links: where the first whole packet not yet written starts, counted in bytes
+    /// written (`conn.bytes_written` = everything before it was written); `u64::MAX` when
+    /// unknown. What follows it can move to a newer link of the same worker.
+    whole_from: u64,
 }
 
 impl Owned for Inner {
     conn_field!();
+
+    fn flush(&mut self) -> io::Result<bool> {
+        let res = self.conn.flush();
+        self.track_whole();
+        res
+    }
+
     /// Replies already queued for a link that is being closed are still sent.
     fn flush_when_dead(&self) -> bool {
         true
@@ -52,6 +64,36 @@ impl Inner {
     /// Usable for commands: not closing, not queued for removal.
     pub fn is_open(&self) -> bool {
         !self.conn.dead && !self.conn.closing
+    }
+
+    /// After a write: move `whole_from` past the packets written (GatewayProtocol packets
+    /// announce their length; only worker links carry nothing else). Walks only what this
+    /// write took, and only when it left bytes queued.
+    fn track_whole(&mut self) {
+        let written = self.conn.bytes_written;
+        if self.conn.out.is_empty() {
+            self.whole_from = written;
+            return;
+        }
+        if !self.is_worker() || self.whole_from >= written {
+            return;
+        }
+        let back = (written - self.whole_from) as usize;
+        let Some(bytes) = self.conn.out.with_written(back) else {
+            self.whole_from = u64::MAX;
+            return;
+        };
+        let mut at = 0;
+        while at < back {
+            match packet::peek_len(&bytes[at..], usize::MAX) {
+                Ok(Some(n)) => at += n,
+                _ => {
+                    self.whole_from = u64::MAX;
+                    return;
+                }
+            }
+        }
+        self.whole_from += at as u64;
     }
 }
 
@@ -82,6 +124,7 @@ impl Links {
             kind: Kind::Unknown,
             authorized,
             flow: LinkFlow::default(),
+            whole_from: 0,
         };
         self.table.insert(reg, inner)
     }
@@ -97,6 +140,16 @@ impl Links {
     /// The output buffer of link `key`, queued for the end-of-turn flush.
     pub fn out(&mut self, key: usize) -> Option<&mut OutBuf> {
         self.table.dirty_mut(key).map(|i| &mut i.conn.out)
+    }
+
+    /// The whole packets queued on link `key` and not written yet, taken out (what the link
+    /// had started to write is dropped with it).
+    pub fn take_whole_queued(&mut self, key: usize) -> Vec<u8> {
+        let Some(i) = self.table.get_mut(key) else { return Vec::new() };
+        match i.whole_from.checked_sub(i.conn.bytes_written) {
+            Some(skip) if i.whole_from != u64::MAX => i.conn.out.take_after(skip as usize),
+            _ => Vec::new(),
+        }
     }
 
     /// Queue link `key` for removal at the end of the turn.

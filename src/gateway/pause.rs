@@ -11,6 +11,7 @@ use log::warn;
 use super::Gateway;
 use super::limits::{LINK, RATE};
 use crate::config::RatePolicy;
+use crate::net::table::Owned;
 use crate::stats::Slot;
 
 impl Gateway {
@@ -36,7 +37,7 @@ impl Gateway {
         // wait only if the socket does not take it. A write error is found again at the end of
         // the turn, which removes the link.
         let before = inner.conn.bytes_written;
-        let _ = inner.conn.flush();
+        let _ = inner.flush();
         Slot::add(&self.stats.slot().bytes_written, inner.conn.bytes_written - before);
         if !inner.flow.must_wait(&c.flow, inner.conn.out.len(), marks) {
             return false;

@@ -121,6 +121,20 @@ impl OutBuf {
         Ok(())
     }
 
+    /// The queued bytes preceded by the last `back` bytes already written (still held: the
+    /// buffer drops written bytes only when it is emptied or compacted); `None` when fewer
+    /// written bytes are held.
+    pub fn with_written(&self, back: usize) -> Option<&[u8]> {
+        self.pos.checked_sub(back).map(|from| &self.buf[from..])
+    }
+
+    /// The queued bytes after the first `skip`, taken out; the buffer is left empty.
+    pub fn take_after(&mut self, skip: usize) -> Vec<u8> {
+        let rest = self.buf.get(self.pos + skip..).map(<[u8]>::to_vec).unwrap_or_default();
+        self.clear();
+        rest
+    }
+
     /// Drop queued bytes and memory (the connection is going away).
     pub fn clear(&mut self) {
         self.buf = Vec::new();
@@ -190,6 +204,20 @@ pub(crate) mod tests {
         assert!(rounds > 3);
         assert_eq!(w.out, payload);
         assert!(ob.is_empty());
+    }
+
+    #[test]
+    fn out_buf_shows_what_it_wrote_last_and_hands_over_the_rest() {
+        let mut ob = OutBuf::default();
+        ob.extend(b"abcdefgh");
+        let mut w = Choppy { out: Vec::new(), chunk: 3, calls: 0, block_every: 2 };
+        assert!(ob.write_to(&mut w).is_err(), "3 bytes, then WouldBlock");
+        assert_eq!(ob.with_written(3), Some(&b"abcdefgh"[..]));
+        assert_eq!(ob.with_written(1), Some(&b"cdefgh"[..]));
+        assert_eq!(ob.with_written(4), None, "only 3 written");
+        assert_eq!(ob.take_after(2), b"fgh");
+        assert!(ob.is_empty());
+        assert_eq!(ob.take_after(0), b"");
     }
 
     #[test]

@@ -12,6 +12,7 @@ use crate::config::{GatewayLimits, RatePolicy};
 use crate::gateway::client::{Client as GwClient, Route};
 use crate::gateway::limits::{LINK, RATE};
 use crate::net::io::Io;
+use crate::net::table::Owned;
 use crate::stats::Slot;
 
 /// A gateway driven by hand: one worker link over a socket pair, clients over socket pairs.
@@ -68,10 +69,10 @@ impl Bare {
     fn clog(&mut self) {
         let mut ping = Vec::new();
         packet::encode(&mut ping, &Header::command(cmd::PING, 0, flag::BODY_IS_SCALAR), b"", &[0; 1000]);
-        let conn = &mut self.gw.links.get_mut(self.link).unwrap().conn;
-        while conn.out.is_empty() {
-            conn.out.extend(&ping);
-            conn.flush().unwrap();
+        let link = self.gw.links.get_mut(self.link).unwrap();
+        while link.conn.out.is_empty() {
+            link.conn.out.extend(&ping);
+            Owned::flush(link).unwrap();
         }
     }
 
@@ -298,4 +299,68 @@ fn a_client_held_with_input_waiting_is_not_closed_as_silent() {
     b.turn();
     assert!(b.gw.clients.get(idle).is_none_or(|c| c.conn.dead), "the silent client was not closed");
     assert!(!b.gw.clients.get(fast).unwrap().conn.dead, "the throttled client was closed as silent");
+}
+
+/// The packets a worker's end of a link can read now: (command, connection id, body); panics
+/// on bytes that do not start a packet.
+fn packets(worker: &mut StdUnix) -> Vec<(u8, u32, Vec<u8>)> {
+    let mut bytes = Vec::new();
+    let mut chunk = [0u8; 65536];
+    loop {
+        match worker.read(&mut chunk) {
+            Ok(0) => break,
+            Ok(n) => bytes.extend_from_slice(&chunk[..n]),
+            Err(e) if e.kind() == ErrorKind::WouldBlock => break,
+            Err(e) => panic!("worker read: {e}"),
+        }
+    }
+    let mut out = Vec::new();
+    let mut used = 0;
+    while let Some((p, n)) = packet::decode(&bytes[used..], usize::MAX).expect("whole packets") {
+        out.push((p.header.cmd, p.header.connection_id, p.body.to_vec()));
+        used += n;
+    }
+    assert_eq!(used, bytes.len(), "a packet cut short");
+    out
+}
+
+#[test]
+fn a_worker_that_redials_gets_the_events_queued_on_its_older_link() {
+    let mut b = Bare::new(|_| {});
+    let hello = |w: &mut StdUnix| {
+        let mut p = Vec::new();
+        let body = worker_connect_body("Redial:0", SECRET);
+        packet::encode(&mut p, &Header::command(cmd::WORKER_CONNECT, 0, flag::BODY_IS_SCALAR), b"", &body);
+        w.write_all(&p).unwrap();
+    };
+    hello(&mut b.worker);
+    b.gw.on_inner_ready(b.link, Ready::READABLE);
+    b.turn();
+    assert!(b.gw.links.get(b.link).unwrap().is_worker());
+    // The worker stops reading (its side of the link timed out): the socket fills, part of a
+    // packet is written, and the client's events stay queued in the gateway.
+    b.clog();
+    let (c, cid, mut peer) = b.client();
+    peer.write_all(b"one\ntwo\nthree\n").unwrap();
+    b.readable(c);
+    b.turn();
+    assert!(b.queued() > 0);
+    // It redials with the same key.
+    let (end, mut worker2) = StdUnix::pair().unwrap();
+    worker2.set_nonblocking(true).unwrap();
+    let io = Io::Unix(mio::net::UnixStream::from_std(nonblocking(end)));
+    let link2 = b.gw.links.insert(b.reactor.ctx().registry, io, "unix".into(), true).unwrap();
+    hello(&mut worker2);
+    b.gw.on_inner_ready(link2, Ready::READABLE);
+    b.turn();
+    // The new link starts with whole packets: the three events, in order.
+    let events: Vec<Vec<u8>> = packets(&mut worker2)
+        .into_iter()
+        .filter(|(command, id, _)| *command == cmd::ON_MESSAGE && *id == cid)
+        .map(|(_, _, body)| body)
+        .collect();
+    assert_eq!(events, vec![b"one".to_vec(), b"two".to_vec(), b"three".to_vec()]);
+    // The older link is gone, with nothing of those events written to it.
+    b.turn();
+    assert!(b.gw.links.get(b.link).is_none_or(|l| l.conn.dead));
 }
