@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::thread::JoinHandle;
 
-use cluster::{Cluster, Gw, Spec, Ws, wait_for};
+use cluster::{Cluster, Gw, Spec, Ws, exited, wait_for};
 use serde_json::Value as Json;
 use tungstenite::Message;
 
@@ -32,6 +32,10 @@ fn daemon_status_connections_stop_and_restart() {
     assert_eq!(st["daemon"], true);
     let procs = st["processes"].as_array().unwrap();
     let by_role = |r: &str| procs.iter().filter(|p| p["role"] == r).collect::<Vec<_>>();
+    // The daemon, not the process that started it and exited.
+    let daemon = c.pid_file().unwrap();
+    assert_eq!(st["master_pid"], daemon, "{st}");
+    assert_eq!(by_role("master")[0]["pid"], daemon, "{st}");
     assert_eq!(by_role("register").len(), 1);
     assert_eq!(by_role("gateway").len(), 2);
     assert_eq!(by_role("worker").len(), 2);
@@ -74,7 +78,7 @@ fn daemon_status_connections_stop_and_restart() {
     assert_ne!(new_master, old_master);
     c.adopt_daemon(new_master);
     for pid in &pids {
-        assert!(unsafe { libc::kill(*pid as i32, 0) } != 0, "old process {pid} left behind by restart");
+        assert!(exited(*pid), "old process {pid} left behind by restart");
     }
     c.wait_ready();
     let mut ws = c.ws(0);

@@ -324,6 +324,13 @@ impl Master {
 
     /// Run until everything stopped.
     pub fn run(mut self) -> io::Result<()> {
+        // The statistics region was made before `start -d` forked the daemon away: name this
+        // process, not the one that exited.
+        let pid = std::process::id();
+        self.shm.header().master_pid.store(pid, std::sync::atomic::Ordering::Relaxed);
+        if let Some(s) = self.shm.slot(MASTER_SLOT) {
+            s.pid.store(pid, std::sync::atomic::Ordering::Relaxed);
+        }
         self.cfg.warnings.iter().for_each(|w| warn!("{}", w.text));
         let mut reactor = Reactor::new()?;
         reactor.watch_signals(&MASTER_SIGNALS)?;

@@ -174,7 +174,7 @@ impl Master {
     fn exited(&mut self) -> Option<bool> {
         match self {
             Master::Child(c) => c.try_wait().unwrap().map(|s| s.success()),
-            Master::Daemon(p) => (unsafe { libc::kill(*p as i32, 0) } != 0).then_some(true),
+            Master::Daemon(p) => exited(*p).then_some(true),
         }
     }
 }
@@ -342,8 +342,7 @@ impl Cluster {
     /// No process of `pids` alive, no pid file, socket or statistics file in the run dir.
     pub fn assert_nothing_left(&self, pids: &[u32]) {
         for pid in pids {
-            let alive = unsafe { libc::kill(*pid as i32, 0) } == 0;
-            assert!(!alive, "process {pid} left behind");
+            assert!(exited(*pid), "process {pid} left behind");
         }
         let leftovers: Vec<_> = std::fs::read_dir(self.dir.join("run"))
             .map(|d| {
@@ -641,4 +640,13 @@ pub mod tls {
             super::repo_file("tests/fixtures/test-only-key.pem").display()
         )
     }
+}
+
+/// `pid` is gone, or a zombie: it exited and waits to be reaped by whoever adopted it (a
+/// daemon master's parent is the system's init, which may reap it later).
+pub fn exited(pid: u32) -> bool {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let state = stat.rsplit_once(") ").and_then(|(_, rest)| rest.chars().next());
+    let gone = unsafe { libc::kill(pid as i32, 0) } != 0;
+    gone || state == Some('Z')
 }
