@@ -186,6 +186,11 @@ impl Client {
         }
     }
 
+    /// Sent something not read or not decoded yet.
+    pub fn has_unread_input(&self) -> bool {
+        self.conn.ready.contains(Ready::READABLE) || self.pending_input() > 0
+    }
+
     /// Keep what is left in the shared read buffer (the read budget ran out mid-buffer):
     /// the buffer must be empty before another client uses it.
     pub fn stash(&mut self, rx: &mut Rx) {

@@ -36,9 +36,9 @@ pub struct Inner {
     /// Congestion state when it is a worker link.
     pub flow: LinkFlow,
     /// Worker links: where the first whole packet not yet written starts, counted in bytes
-    /// written (`conn.bytes_written` = everything before it was written); `u64::MAX` when
-    /// unknown. What follows it can move to a newer link of the same worker.
-    whole_from: u64,
+    /// written (`conn.bytes_written` = everything before it was written); `None` when lost
+    /// track. What follows it can move to a newer link of the same worker.
+    whole_from: Option<u64>,
 }
 
 impl Owned for Inner {
@@ -72,28 +72,21 @@ impl Inner {
     fn track_whole(&mut self) {
         let written = self.conn.bytes_written;
         if self.conn.out.is_empty() {
-            self.whole_from = written;
-            return;
+            self.whole_from = Some(written);
+        } else if let Some(from) = self.whole_from.filter(|f| *f < written && self.is_worker()) {
+            self.whole_from = self.first_whole_after(from, (written - from) as usize);
         }
-        if !self.is_worker() || self.whole_from >= written {
-            return;
-        }
-        let back = (written - self.whole_from) as usize;
-        let Some(bytes) = self.conn.out.with_written(back) else {
-            self.whole_from = u64::MAX;
-            return;
-        };
+    }
+
+    /// The start of the first packet that begins at or after the `back` bytes written since
+    /// the packet boundary `from`; `None` when those bytes are not held or do not parse.
+    fn first_whole_after(&self, from: u64, back: usize) -> Option<u64> {
+        let bytes = self.conn.out.with_written(back)?;
         let mut at = 0;
         while at < back {
-            match packet::peek_len(&bytes[at..], usize::MAX) {
-                Ok(Some(n)) => at += n,
-                _ => {
-                    self.whole_from = u64::MAX;
-                    return;
-                }
-            }
+            at += packet::peek_len(&bytes[at..], usize::MAX).ok().flatten()?;
         }
-        self.whole_from += at as u64;
+        Some(from + at as u64)
     }
 }
 
@@ -124,7 +117,7 @@ impl Links {
             kind: Kind::Unknown,
             authorized,
             flow: LinkFlow::default(),
-            whole_from: 0,
+            whole_from: Some(0),
         };
         self.table.insert(reg, inner)
     }
@@ -146,9 +139,9 @@ impl Links {
     /// had started to write is dropped with it).
     pub fn take_whole_queued(&mut self, key: usize) -> Vec<u8> {
         let Some(i) = self.table.get_mut(key) else { return Vec::new() };
-        match i.whole_from.checked_sub(i.conn.bytes_written) {
-            Some(skip) if i.whole_from != u64::MAX => i.conn.out.take_after(skip as usize),
-            _ => Vec::new(),
+        match i.whole_from.and_then(|f| f.checked_sub(i.conn.bytes_written)) {
+            Some(skip) => i.conn.out.take_after(skip as usize),
+            None => Vec::new(),
         }
     }
 

@@ -7,7 +7,7 @@ use log::{info, warn};
 
 use super::{Gateway, KEEPALIVE, Timer};
 use crate::config::Proto;
-use crate::reactor::{Ctx, Ready};
+use crate::reactor::Ctx;
 use crate::stats::Slot;
 use crate::wire::packet::{self, Header, cmd, flag};
 
@@ -33,7 +33,7 @@ impl Gateway {
                 continue;
             }
             // Held by flow control with input waiting unread: it is sending, not silent.
-            if c.flow.paused != 0 && (c.conn.ready.contains(Ready::READABLE) || !c.conn.inbuf.is_empty()) {
+            if c.flow.paused != 0 && c.has_unread_input() {
                 c.ping = 0;
                 continue;
             }

@@ -258,13 +258,11 @@ impl Master {
         let shm = Shm::create(&cfg.stats_path(), slots)
             .map_err(|e| StartError::Io(format!("statistics file {}", cfg.stats_path().display()), e))?;
         let h = shm.header();
-        h.master_pid.store(std::process::id(), std::sync::atomic::Ordering::Relaxed);
         h.daemon.store(daemon as u32, std::sync::atomic::Ordering::Relaxed);
         h.empty_secret_exposed
             .store(cfg.exposed_without_secret() as u32, std::sync::atomic::Ordering::Relaxed);
         if let Some(s) = shm.slot(MASTER_SLOT) {
             s.claim(Role::Master, 0, "master", "none");
-            s.pid.store(std::process::id(), std::sync::atomic::Ordering::Relaxed);
             s.set_state(State::Ready);
         }
         let mut table = Slab::new();
@@ -324,8 +322,8 @@ impl Master {
 
     /// Run until everything stopped.
     pub fn run(mut self) -> io::Result<()> {
-        // The statistics region was made before `start -d` forked the daemon away: name this
-        // process, not the one that exited.
+        // Written here, not when the region is made: `start -d` forks the daemon away in
+        // between, and the region must name the master that runs, not the one that exited.
         let pid = std::process::id();
         self.shm.header().master_pid.store(pid, std::sync::atomic::Ordering::Relaxed);
         if let Some(s) = self.shm.slot(MASTER_SLOT) {

@@ -103,13 +103,15 @@ impl Conn {
         }
     }
 
-    /// After `io.register(reg, token)`: a Unix stream from now on keeps WRITABLE only while its
+    /// Register with the reactor as `token`; a Unix stream keeps WRITABLE only while its
     /// output blocks (see `WriteInterest`).
-    pub fn watch(&mut self, reg: &Registry, token: Token) {
+    pub fn register(&mut self, reg: &Registry, token: Token) -> io::Result<()> {
+        self.io.register(reg, token)?;
         if let Some(fd) = self.io.unix_fd() {
             let epoll = reg.as_raw_fd();
             self.watch = Some(WriteInterest { epoll, fd, token: token.0 as u64, writable: true });
         }
+        Ok(())
     }
 
     /// Account for one read that asked for `asked` bytes and got `n` (> 0).
@@ -256,8 +258,7 @@ mod tests {
         a.set_nonblocking(true).unwrap();
         let mut c = Conn::new(Io::Unix(mio::net::UnixStream::from_std(a)));
         let token = Token(7);
-        c.io.register(poll.registry(), token).unwrap();
-        c.watch(poll.registry(), token);
+        c.register(poll.registry(), token).unwrap();
         // A complete flush drops WRITABLE: the peer reading it wakes nobody.
         c.out.extend(b"hello");
         assert!(c.flush().unwrap());

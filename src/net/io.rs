@@ -18,9 +18,9 @@ pub enum Io {
 }
 
 impl Io {
-    /// Register for both directions (edge-triggered). A Unix stream wrapped in a `Conn` that
-    /// watches its write interest (`Conn::watch`) drops WRITABLE after its first complete
-    /// flush and takes it again only while its output blocks.
+    /// Register for both directions (edge-triggered). A Unix stream registered through
+    /// `Conn::register` drops WRITABLE after its first complete flush and takes it again only
+    /// while its output blocks.
     pub fn register(&mut self, reg: &Registry, token: Token) -> io::Result<()> {
         reg.register(self.source(), token, Interest::READABLE | Interest::WRITABLE)
     }

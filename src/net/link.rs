@@ -92,10 +92,8 @@ impl Link {
 
     /// Start a non-blocking connect; `hello` is queued to go first once connected.
     pub fn dial(&mut self, reg: &Registry, hello: &[u8]) -> io::Result<()> {
-        let mut io = connect(&self.target)?;
-        io.register(reg, self.token)?;
-        let mut conn = Conn::new(io);
-        conn.watch(reg, self.token);
+        let mut conn = Conn::new(connect(&self.target)?);
+        conn.register(reg, self.token)?;
         conn.out.extend(hello);
         self.conn = Some(conn);
         self.phase = Phase::Connecting;

@@ -84,9 +84,7 @@ impl<T: Owned> Table<T> {
     /// Register the connection's socket under its token and keep it.
     pub fn insert(&mut self, reg: &Registry, mut item: T) -> io::Result<usize> {
         let key = self.slab.vacant_key();
-        let token = Token(self.base + key);
-        item.conn_mut().io.register(reg, token)?;
-        item.conn_mut().watch(reg, token);
+        item.conn_mut().register(reg, Token(self.base + key))?;
         Ok(self.slab.insert(item))
     }
 
