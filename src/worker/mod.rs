@@ -1,8 +1,8 @@
 //! A business worker process: asks the registers for the gateways, keeps one link to every
 //! gateway (Unix socket when the gateway is on this host, TCP otherwise; a link that breaks is
-//! redialled at once, then 1 s after each failure), and runs the application's `Events` for every client event. On a graceful stop
-//! (reload) it drains: asks each gateway to stop routing to it, handles every event already
-//! sent to it, flushes and exits.
+//! redialled at once, then 1 s after each failure), and runs the application's `Events` for
+//! every client event. On a graceful stop (reload) it drains: asks each gateway to stop routing
+//! to it, handles every event already sent to it, flushes and exits.
 
 mod fair;
 mod links;
