@@ -448,7 +448,7 @@ fn run_child(cfg: &Config, c: ChildContract, apps: AppFactory) -> std::io::Resul
                 inner_tcp: inherited.take_tcp("inner_tcp")?,
                 inner_unix: inherited.take_unix("inner_unix")?,
             };
-            crate::gateway::run(cfg, c.group, c.id, listeners, stats)
+            crate::gateway::run(cfg, c.group, c.id, listeners, stats, c.handover.as_deref())
         }
         ChildRole::Worker => {
             let name = cfg.worker.as_ref().map(|w| w.app.clone()).unwrap_or_default();

@@ -212,6 +212,9 @@ pub struct Config {
     /// Reload: how long a new business worker may take to link to every gateway, and an old
     /// one to drain, before the master goes on.
     pub reload_timeout: Duration,
+    /// Upgrade: the window over which wss clients (whose TLS session cannot move to the new
+    /// gateway process) get close 1012, spread evenly.
+    pub upgrade_drain: Duration,
     pub register: Option<RegisterConf>,
     pub gateways: Vec<GatewayConf>,
     pub worker: Option<WorkerConf>,

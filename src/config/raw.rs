@@ -160,6 +160,7 @@ fn top_level(top: &mut Sec<'_>, env: &[(String, String)]) -> Result<Config, Conf
         stdout_file: top.path("stdout_file", Path::new("/dev/null"))?,
         stop_timeout: top.seconds("stop_timeout", 2.0)?,
         reload_timeout: top.seconds("reload_timeout", 10.0)?,
+        upgrade_drain: top.seconds("upgrade_drain", 30.0)?,
         run_dir,
         register: None,
         gateways: Vec::new(),

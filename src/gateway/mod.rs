@@ -184,7 +184,15 @@ pub struct Gateway {
 }
 
 /// Entry point of a gateway process.
-pub fn run(cfg: &Config, group: usize, id: u16, listeners: Listeners, stats: Stats) -> io::Result<()> {
+pub fn run(
+    cfg: &Config,
+    group: usize,
+    id: u16,
+    listeners: Listeners,
+    stats: Stats,
+    handover: Option<&std::path::Path>,
+) -> io::Result<()> {
+    let _ = handover;
     let g = &cfg.gateways[group];
     let tls = match &g.tls {
         Some(files) => {

@@ -17,6 +17,9 @@ const SLOT: &str = "GW_SLOT";
 const GENERATION: &str = "GW_GENERATION";
 /// The log file; absent in the foreground, where the child logs to the terminal.
 const LOG_FILE: &str = "GW_LOG_FILE";
+/// A gateway started by `upgrade`: the Unix socket path it listens on for the handover from
+/// the gateway it replaces (absent for a normal start).
+const HANDOVER: &str = "GW_HANDOVER";
 
 /// What a child process is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -60,6 +63,8 @@ pub struct ChildContract {
     pub slot: usize,
     pub generation: u64,
     pub log_file: Option<PathBuf>,
+    /// A gateway replacing a running one (`upgrade`): where it receives the handover.
+    pub handover: Option<PathBuf>,
 }
 
 /// Why a child's command line or environment is not a valid contract.
@@ -101,9 +106,13 @@ impl ChildContract {
             .env(FDS, self.fds.iter().map(|(n, fd)| format!("{n}:{fd}")).collect::<Vec<_>>().join(";"))
             .env(SLOT, self.slot.to_string())
             .env(GENERATION, self.generation.to_string())
-            .env_remove(LOG_FILE);
+            .env_remove(LOG_FILE)
+            .env_remove(HANDOVER);
         if let Some(file) = &self.log_file {
             cmd.env(LOG_FILE, file);
+        }
+        if let Some(path) = &self.handover {
+            cmd.env(HANDOVER, path);
         }
     }
 
@@ -131,7 +140,8 @@ impl ChildContract {
         let generation = number(GENERATION, env(GENERATION))?;
         let fds = parse_fds(&env(FDS).ok_or(ContractError::Missing(FDS))?)?;
         let log_file = env(LOG_FILE).filter(|f| !f.is_empty()).map(PathBuf::from);
-        Ok(ChildContract { role, conf, group, id, fds, slot, generation, log_file })
+        let handover = env(HANDOVER).filter(|f| !f.is_empty()).map(PathBuf::from);
+        Ok(ChildContract { role, conf, group, id, fds, slot, generation, log_file, handover })
     }
 
     /// Parse the contract of this process.
@@ -180,6 +190,7 @@ mod tests {
             slot: 4,
             generation: 3,
             log_file: Some(PathBuf::from("run/gatewayworker.log")),
+            handover: Some(PathBuf::from("run/handover-7000.sock")),
         }
     }
 
@@ -204,7 +215,8 @@ mod tests {
     fn what_the_master_writes_the_child_reads_back() {
         let c = sample();
         assert_eq!(parse_written(&c), Ok(c.clone()));
-        let foreground = ChildContract { role: ChildRole::Register, fds: vec![], log_file: None, ..c };
+        let foreground =
+            ChildContract { role: ChildRole::Register, fds: vec![], log_file: None, handover: None, ..c };
         assert_eq!(parse_written(&foreground), Ok(foreground.clone()));
         assert_eq!(foreground.tag(), "register");
         assert_eq!(sample().tag(), "gateway[2]");

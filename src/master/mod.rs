@@ -437,6 +437,7 @@ impl Master {
             slot: p.slot,
             generation: p.generation,
             log_file: self.child_log.clone(),
+            handover: None,
         };
         spawn::spawn(&self.exe, &contract)
     }

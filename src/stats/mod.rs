@@ -61,6 +61,9 @@ stored_enum! {
         Draining = 3 => "draining",
         /// Gone; the slot is kept for its exit statistics.
         Exited = 4 => "exited",
+        /// A gateway started by `upgrade`, waiting for the process it replaces to hand over
+        /// its connections (it listens on its handover socket).
+        Receiving = 5 => "receiving",
     }
 }
 

@@ -111,6 +111,7 @@ pub(crate) fn config(proto: Proto, dir: &std::path::Path, tweak: impl FnOnce(&mu
         stdout_file: dir.join("stdout"),
         stop_timeout: Duration::from_secs(2),
         reload_timeout: Duration::from_secs(2),
+        upgrade_drain: Duration::from_secs(30),
         register: None,
         gateways: vec![gateway],
         worker: None,
