@@ -11,6 +11,7 @@ use std::io::{self, Read, Write};
 use tungstenite::error::{CapacityError, Error as WsError, ProtocolError};
 use tungstenite::protocol::{Message, Role, WebSocketConfig, WebSocketContext};
 
+use super::handover::record::{ClientState, CodecState};
 use super::limits::Flow;
 use crate::config::Proto;
 use crate::net::conn::Conn;
@@ -87,7 +88,25 @@ enum Codec {
     Frame,
     /// Websocket before the 101 response: the request bytes so far.
     Handshake(InBuf),
-    Ws(Box<WebSocketContext>),
+    Ws(Box<WsState>),
+}
+
+/// An open websocket: tungstenite's context, fed one whole frame at a time (`WsStream`), so
+/// between two reads it holds no received byte: everything not decoded yet is in the
+/// connection's input buffer, plus the frames of a fragmented message in `fragments`. That is
+/// what lets the connection move to another process (`handover`) with nothing lost.
+pub struct WsState {
+    ctx: WebSocketContext,
+    /// Bytes of the frame being passed to tungstenite not passed yet.
+    owed: usize,
+    /// The frames received so far of a fragmented message (tungstenite keeps it decoded).
+    fragments: Vec<u8>,
+}
+
+impl WsState {
+    fn new(ws_cfg: &WebSocketConfig) -> WsState {
+        WsState { ctx: WebSocketContext::new(Role::Server, Some(*ws_cfg)), owed: 0, fragments: Vec::new() }
+    }
 }
 
 /// What the next read step produced.
@@ -145,6 +164,9 @@ pub struct Client {
     pub last_active: u32,
     /// Rates and pause state (`limits`).
     pub flow: Flow,
+    /// A wss client whose TLS session the replaced process keeps and relays: it gets close
+    /// 1012 within the upgrade's drain window.
+    pub relayed: bool,
 }
 
 impl Client {
@@ -167,6 +189,7 @@ impl Client {
             ping: -1,
             last_active: now,
             flow: Flow::default(),
+            relayed: false,
         }
     }
 
@@ -209,8 +232,9 @@ impl Client {
         }
         loop {
             let proto = match &mut self.codec {
-                Codec::Ws(ctx) => {
-                    let mut stream = WsStream { conn: &mut self.conn, rx };
+                Codec::Ws(ws) => {
+                    let WsState { ctx, owed, fragments } = &mut **ws;
+                    let mut stream = WsStream { conn: &mut self.conn, rx, owed, fragments, max };
                     return read_ws(ctx, &mut stream, msg);
                 }
                 Codec::Handshake(_) => match self.handshake_step(ws_cfg) {
@@ -292,14 +316,12 @@ impl Client {
                 return Some(Inbound::Closed(Closed::Bad("handshake", reason)));
             }
             Handshake::Accepted { response, request, consumed } => {
-                let rest = buf.data()[consumed..].to_vec();
+                // Frames sent right behind the request wait in the input buffer (empty while
+                // the handshake runs: its bytes have their own buffer).
+                self.conn.inbuf.extend(&buf.data()[consumed..]);
                 // The 101 goes before anything queued while the handshake ran.
                 self.conn.out.prepend(&response);
-                self.codec = Codec::Ws(Box::new(WebSocketContext::from_partially_read(
-                    rest,
-                    Role::Server,
-                    Some(*ws_cfg),
-                )));
+                self.codec = Codec::Ws(Box::new(WsState::new(ws_cfg)));
                 // Frames may already be buffered behind the request.
                 self.conn.ready.insert(Ready::READABLE);
                 return Some(Inbound::Upgraded(request));
@@ -371,6 +393,99 @@ impl Client {
     /// Drop buffers before destruction.
     pub fn release(&mut self) {
         self.conn.out.clear();
+    }
+
+    /// Everything this client is, for the process that takes it over (`Client::restore`). A
+    /// websocket reply tungstenite still holds (a pong) is queued first. `relayed`: its TLS
+    /// session stays here and the plain bytes go through a relay.
+    pub fn snapshot(&mut self, relayed: bool) -> ClientState {
+        let mut inbuf = Vec::new();
+        let codec = match &mut self.codec {
+            Codec::Text => CodecState::Text,
+            Codec::Frame => CodecState::Frame,
+            Codec::Handshake(b) => CodecState::Handshake(b.data().to_vec()),
+            Codec::Ws(ws) => {
+                debug_assert_eq!(ws.owed, 0, "a frame is passed to tungstenite within one read");
+                let mut rx = Rx::default();
+                let WsState { ctx, owed, fragments } = &mut **ws;
+                let mut stream = WsStream { conn: &mut self.conn, rx: &mut rx, owed, fragments, max: 0 };
+                let _ = ctx.flush(&mut stream);
+                inbuf.extend_from_slice(&ws.fragments);
+                CodecState::Ws
+            }
+        };
+        inbuf.extend_from_slice(self.conn.inbuf.data());
+        ClientState {
+            id: self.id,
+            ip: self.ip,
+            port: self.port,
+            codec,
+            inbuf,
+            out: self.conn.out.pending().to_vec(),
+            closing: self.conn.closing || self.conn.dead,
+            session: self.session.clone(),
+            uid: self.uid.as_ref().map(|u| u.to_vec()),
+            groups: self.groups.as_ref().map(|g| g.iter().map(|n| n.to_vec()).collect()),
+            route: self.route.map(|r| (r.key as u64, r.serial)),
+            ping: self.ping,
+            msgs_used: self.flow.msgs.used,
+            bytes_used: self.flow.bytes.used,
+            relayed: relayed || self.relayed,
+            bytes_read: self.conn.bytes_read,
+            bytes_written: self.conn.bytes_written,
+        }
+    }
+
+    /// A client handed over by the process this one replaces, on `io` (its own socket, or
+    /// the relay of its TLS session). `route` is the state's route with this process's link
+    /// key. Its readiness is unknown: it reads and writes at once.
+    pub fn restore(
+        s: ClientState,
+        io: Io,
+        route: Option<Route>,
+        ws_cfg: &WebSocketConfig,
+        now: u32,
+    ) -> Client {
+        let codec = match s.codec {
+            CodecState::Text => Codec::Text,
+            CodecState::Frame => Codec::Frame,
+            CodecState::Handshake(b) => {
+                let mut buf = InBuf::default();
+                buf.extend(&b);
+                Codec::Handshake(buf)
+            }
+            CodecState::Ws => Codec::Ws(Box::new(WsState::new(ws_cfg))),
+        };
+        let mut conn = Conn::new(io);
+        conn.inbuf.extend(&s.inbuf);
+        conn.out.extend(&s.out);
+        conn.closing = s.closing;
+        conn.bytes_read = s.bytes_read;
+        conn.bytes_written = s.bytes_written;
+        conn.ready = Ready::READABLE | Ready::WRITABLE;
+        let mut flow = Flow::default();
+        flow.msgs.used = s.msgs_used;
+        flow.bytes.used = s.bytes_used;
+        Client {
+            id: s.id,
+            conn,
+            codec,
+            ip: s.ip,
+            port: s.port,
+            session: s.session,
+            uid: s.uid.map(Vec::into_boxed_slice),
+            groups: s.groups.map(|g| g.into_iter().map(Vec::into_boxed_slice).collect()),
+            route,
+            ping: s.ping,
+            last_active: now,
+            flow,
+            relayed: s.relayed,
+        }
+    }
+
+    /// An open websocket (close frames can be sent).
+    pub fn is_open_websocket(&self) -> bool {
+        matches!(self.codec, Codec::Ws(_))
     }
 }
 
@@ -470,37 +585,93 @@ fn io_closed(e: io::Error) -> Closed {
 }
 
 /// The stream tungstenite sees: reads come from the client's partial bytes, then the
-/// shared read buffer, then the socket (into the shared buffer); writes go to our ordered
-/// output buffer (never blocking, never `Ok(0)`), flushed by the gateway at the end of the
-/// turn.
+/// shared read buffer, then the socket (into the shared buffer), one whole frame at a time
+/// (see `WsState`); writes go to our ordered output buffer (never blocking, never `Ok(0)`),
+/// flushed by the gateway at the end of the turn.
 struct WsStream<'a> {
     conn: &'a mut Conn,
     rx: &'a mut Rx,
+    owed: &'a mut usize,
+    fragments: &'a mut Vec<u8>,
+    /// Largest frame accepted: a longer one is passed as soon as its header is, so
+    /// tungstenite refuses it without its payload being buffered.
+    max: usize,
+}
+
+impl WsStream<'_> {
+    /// Make the bytes not passed yet one slice: the client's own buffer, else the shared one.
+    fn merge(&mut self) {
+        if !self.conn.inbuf.is_empty() && !self.rx.is_empty() {
+            self.conn.inbuf.extend(self.rx.data());
+            self.rx.clear();
+        }
+    }
+
+    /// One read of the socket, behind the bytes not passed yet.
+    fn fill(&mut self) -> io::Result<usize> {
+        if !self.conn.ready.contains(Ready::READABLE) {
+            return Err(io::ErrorKind::WouldBlock.into());
+        }
+        let n = if self.conn.inbuf.is_empty() && self.rx.is_empty() {
+            self.rx.fill(&mut self.conn.io)?
+        } else {
+            if !self.rx.is_empty() {
+                self.conn.inbuf.extend(self.rx.data());
+                self.rx.clear();
+            }
+            self.conn.inbuf.read_from(&mut self.conn.io, RX_SIZE)?
+        };
+        if n > 0 {
+            self.conn.count_read(n, RX_SIZE);
+        }
+        Ok(n)
+    }
 }
 
 impl Read for WsStream<'_> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let pending = &mut self.conn.inbuf;
-        if !pending.is_empty() {
-            let n = buf.len().min(pending.len());
-            buf[..n].copy_from_slice(&pending.data()[..n]);
-            pending.consume(n);
-            return Ok(n);
-        }
-        if self.rx.is_empty() {
-            if !self.conn.ready.contains(Ready::READABLE) {
-                return Err(io::ErrorKind::WouldBlock.into());
+        while *self.owed == 0 {
+            self.merge();
+            let data = if self.conn.inbuf.is_empty() { self.rx.data() } else { self.conn.inbuf.data() };
+            match websocket::frame_len(data, self.max) {
+                Some(n) => {
+                    let frame = &data[..n.min(data.len())];
+                    let op = websocket::FrameHead::of(frame);
+                    track_fragments(self.fragments, op, frame);
+                    *self.owed = n;
+                }
+                None => {
+                    if self.fill()? == 0 {
+                        return Ok(0);
+                    }
+                }
             }
-            let n = self.rx.fill(&mut self.conn.io)?;
-            if n == 0 {
-                return Ok(0);
-            }
-            self.conn.count_read(n, RX_SIZE);
         }
-        let n = buf.len().min(self.rx.end - self.rx.start);
-        buf[..n].copy_from_slice(&self.rx.data()[..n]);
-        self.rx.consume(n);
+        let owed = *self.owed;
+        let src = if self.conn.inbuf.is_empty() { self.rx.data() } else { self.conn.inbuf.data() };
+        let n = buf.len().min(owed).min(src.len());
+        buf[..n].copy_from_slice(&src[..n]);
+        if self.conn.inbuf.is_empty() {
+            self.rx.consume(n);
+        } else {
+            self.conn.inbuf.consume(n);
+        }
+        *self.owed -= n;
         Ok(n)
+    }
+}
+
+/// Keep the raw frames of a fragmented message until its last frame is passed.
+fn track_fragments(fragments: &mut Vec<u8>, head: websocket::FrameHead, frame: &[u8]) {
+    match head {
+        websocket::FrameHead { control: true, .. } => {}
+        websocket::FrameHead { fin: true, .. } => fragments.clear(),
+        websocket::FrameHead { fin: false, continuation, .. } => {
+            if !continuation {
+                fragments.clear();
+            }
+            fragments.extend_from_slice(frame);
+        }
     }
 }
 

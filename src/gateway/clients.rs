@@ -56,6 +56,15 @@ impl Clients {
         }
     }
 
+    /// The last connection id handed out (a handover carries it on).
+    pub fn last_id(&self) -> u32 {
+        self.last_id
+    }
+
+    pub fn set_last_id(&mut self, id: u32) {
+        self.last_id = id;
+    }
+
     /// Register the client's socket and keep it; returns its key.
     pub fn insert(&mut self, reg: &Registry, c: Client) -> io::Result<usize> {
         let id = c.id;

@@ -58,6 +58,16 @@ impl Directory {
         }
     }
 
+    /// Index a client that arrived with its uid and groups (a handover).
+    pub fn restore(&mut self, c: &Client) {
+        if let Some(uid) = &c.uid {
+            self.uids.add(uid, c.id);
+        }
+        for g in c.groups.iter().flatten() {
+            self.groups.add(g, c.id);
+        }
+    }
+
     /// Drop a departing client's uid and group memberships.
     pub fn forget(&mut self, c: &mut Client) {
         self.unbind_uid(c);

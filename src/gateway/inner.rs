@@ -6,6 +6,7 @@ use std::io;
 
 use mio::Registry;
 
+use super::handover::record::LinkState;
 use super::limits::LinkFlow;
 use crate::net::conn::Conn;
 use crate::net::io::Io;
@@ -120,6 +121,50 @@ impl Links {
             whole_from: Some(0),
         };
         self.table.insert(reg, inner)
+    }
+
+    /// Keep a link handed over by the process this one replaces (its serial too: clients'
+    /// routes name it); returns its key.
+    pub fn restore(&mut self, reg: &Registry, s: LinkState, io: Io) -> io::Result<usize> {
+        self.serial = self.serial.max(s.serial);
+        let mut conn = Conn::new(io);
+        conn.inbuf.extend(&s.inbuf);
+        conn.out.extend(&s.out);
+        conn.closing = s.closing;
+        conn.bytes_read = s.bytes_read;
+        conn.bytes_written = s.bytes_written;
+        conn.ready = crate::reactor::Ready::READABLE | crate::reactor::Ready::WRITABLE;
+        let inner = Inner {
+            conn,
+            serial: s.serial,
+            peer: s.peer,
+            kind: s.kind,
+            authorized: s.authorized,
+            flow: LinkFlow::default(),
+            whole_from: s.whole_from,
+        };
+        let key = self.table.insert(reg, inner)?;
+        self.table.mark_dirty(key);
+        Ok(key)
+    }
+
+    /// Link `key`'s state for the process that takes it over.
+    pub fn snapshot(&self, key: usize) -> Option<LinkState> {
+        let i = self.table.get(key)?;
+        Some(LinkState {
+            key: key as u64,
+            serial: i.serial,
+            peer: i.peer.clone(),
+            kind: i.kind.clone(),
+            authorized: i.authorized,
+            unix: matches!(i.conn.io, Io::Unix(_)),
+            inbuf: i.conn.inbuf.data().to_vec(),
+            out: i.conn.out.pending().to_vec(),
+            closing: i.conn.closing || i.conn.dead,
+            bytes_read: i.conn.bytes_read,
+            bytes_written: i.conn.bytes_written,
+            whole_from: i.whole_from,
+        })
     }
 
     pub fn get(&self, key: usize) -> Option<&Inner> {

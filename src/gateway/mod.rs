@@ -18,6 +18,7 @@ mod clients;
 mod commands;
 mod directory;
 mod flush;
+mod handover;
 mod index;
 mod inner;
 mod limits;
@@ -66,6 +67,8 @@ const REGISTER_BASE: usize = 16;
 const INNER_BASE: usize = 1 << 20;
 /// Client `k` has token `CLIENT_BASE + k`.
 const CLIENT_BASE: usize = 1 << 32;
+/// After a handover, the relays of TLS sessions (`handover::Relays`).
+const RELAY_BASE: usize = 1 << 40;
 
 /// Messages read from one client per readiness before others get their turn.
 const READ_BUDGET: usize = 64;
@@ -90,6 +93,8 @@ pub enum Timer {
     ResumeAccept,
     /// Resume the throttled clients whose buckets refilled.
     Refill,
+    /// After a handover: close the next relayed wss clients with 1012.
+    UpgradeDrain,
 }
 
 /// Stop request.
@@ -99,6 +104,9 @@ enum Stop {
     /// Stop accepting, exit when the last client is gone.
     Graceful,
     Now,
+    /// Everything was handed over: exit when the last relayed TLS session closed, or at
+    /// this deadline.
+    Relaying(Instant),
 }
 
 /// This process's place in the cluster.
@@ -129,6 +137,7 @@ struct Settings {
     secret: String,
     ws_cfg: WebSocketConfig,
     run_dir: PathBuf,
+    upgrade_drain: Duration,
 }
 
 /// The listeners and the state of accepting clients.
@@ -181,6 +190,10 @@ pub struct Gateway {
     clock: u32,
     stats: Stats,
     stop: Stop,
+    /// TLS sessions relayed after a handover (old process).
+    relays: handover::Relays,
+    /// When the relayed wss clients get 1012 (new process).
+    drain: handover::DrainPlan,
 }
 
 /// Entry point of a gateway process.
@@ -192,7 +205,6 @@ pub fn run(
     stats: Stats,
     handover: Option<&std::path::Path>,
 ) -> io::Result<()> {
-    let _ = handover;
     let g = &cfg.gateways[group];
     let tls = match &g.tls {
         Some(files) => {
@@ -202,9 +214,25 @@ pub fn run(
     };
     let mut reactor = Reactor::new()?;
     reactor.watch_signals(&crate::reactor::signals::CHILD_SIGNALS)?;
+    // Replacing a running gateway (`upgrade`): take its connections before serving.
+    let received = match handover {
+        Some(path) => match handover::receive(path, &stats) {
+            Ok(got) => Some(got),
+            Err(e) => {
+                log::error!("gateway {}[{id}]: handover failed: {e}; the running gateway goes on", g.name);
+                std::process::exit(e.exit_status());
+            }
+        },
+        None => None,
+    };
     let mut gw = Gateway::new(cfg, g, id, listeners, tls, stats);
     {
         let mut cx = reactor.ctx();
+        if let Some(got) = received {
+            let (clients, links) = (got.clients.len(), got.links.len());
+            gw.restore(&mut cx, got)?;
+            info!("gateway {}[{id}]: took over {clients} clients and {links} inner links", g.name);
+        }
         gw.start(&mut cx)?;
     }
     info!(
@@ -249,6 +277,7 @@ impl Gateway {
                 secret: cfg.secret_key.clone(),
                 ws_cfg: websocket::config(g.limits.max_package_size),
                 run_dir: cfg.run_dir.clone(),
+                upgrade_drain: cfg.upgrade_drain,
             },
             accept: Acceptor { listeners, tls, ready: true, paused: false, backoff: false },
             clients: Clients::new(CLIENT_BASE, g.limits.max_connections),
@@ -267,6 +296,8 @@ impl Gateway {
             clock: 0,
             stats,
             stop: Stop::No,
+            relays: handover::Relays::new(RELAY_BASE),
+            drain: handover::DrainPlan::default(),
         }
     }
 
@@ -306,6 +337,7 @@ impl Gateway {
 
     fn begin_stop(&mut self, cx: &mut Ctx<'_, Timer>, graceful: bool) {
         let _ = cx.registry.deregister(&mut self.accept.listeners.public);
+        self.relays.close_all(cx.registry);
         self.stats.slot().set_state(State::Draining);
         if graceful {
             self.stop = Stop::Graceful;
@@ -335,6 +367,7 @@ impl Service for Gateway {
             }
             INNER_TCP => self.accept_inner(cx, false),
             INNER_UNIX => self.accept_inner(cx, true),
+            Token(t) if t >= RELAY_BASE => self.relays.on_ready(cx.registry, t, ready),
             Token(t) if t >= CLIENT_BASE => self.on_client_ready(t - CLIENT_BASE, ready),
             Token(t) if t >= INNER_BASE => self.on_inner_ready(t - INNER_BASE, ready),
             Token(t) if t >= REGISTER_BASE => {
@@ -361,13 +394,15 @@ impl Service for Gateway {
                 self.accept_clients(cx);
             }
             Timer::Refill => self.refill(),
+            Timer::UpgradeDrain => self.upgrade_drain(cx),
         }
     }
 
     fn on_signal(&mut self, cx: &mut Ctx<'_, Timer>, signal: i32) {
         match signal {
             libc::SIGQUIT => self.begin_stop(cx, true),
-            libc::SIGUSR1 | libc::SIGUSR2 => crate::logging::reopen(),
+            libc::SIGUSR1 => crate::logging::reopen(),
+            libc::SIGUSR2 => self.on_upgrade_signal(cx),
             libc::SIGIO => {
                 if let Err(e) = conns::dump(&self.settings.run_dir, &self.me.name, &self.connections()) {
                     warn!("gateway: cannot write the connection list: {e}");
@@ -401,6 +436,7 @@ impl Service for Gateway {
             Stop::No => false,
             Stop::Now => true,
             Stop::Graceful => self.clients.is_empty(),
+            Stop::Relaying(deadline) => self.relays.is_empty() || Instant::now() >= deadline,
         }
     }
 }
@@ -408,7 +444,8 @@ impl Service for Gateway {
 impl Gateway {
     /// The `connections` statistic: clients, inner links and connected register links.
     fn count_connections(&self) {
-        let n = self.clients.len() + self.links.len() + self.registers.connected();
+        let relayed = self.relays.len();
+        let n = self.clients.len() + self.links.len() + self.registers.connected() + relayed;
         Slot::set(&self.stats.slot().connections, n as u64);
     }
 }

@@ -52,6 +52,13 @@ impl Router {
         Some(picked)
     }
 
+    /// A client arrived bound to `r` (handed over from the process this one replaces).
+    pub fn bind(&mut self, r: Route) {
+        if let Some(e) = self.entries.iter_mut().find(|e| e.route == r) {
+            e.bound += 1;
+        }
+    }
+
     /// A client bound to `r` went away.
     pub fn unbind(&mut self, r: Route) {
         if let Some(e) = self.entries.iter_mut().find(|e| e.route == r) {

@@ -3,6 +3,7 @@
 //! (text, frame, websocket).
 
 pub mod conn;
+pub mod fdpass;
 pub mod frame;
 pub mod io;
 pub mod link;

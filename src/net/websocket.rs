@@ -119,5 +119,47 @@ pub fn encode_close(out: &mut Vec<u8>, code: u16) {
     encode_frame(out, OP_CLOSE, &code.to_be_bytes());
 }
 
+/// What a frame's first byte says, as far as passing frames whole needs it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FrameHead {
+    pub fin: bool,
+    /// Ping, pong or close (opcodes 8 and up).
+    pub control: bool,
+    /// A continuation frame (opcode 0).
+    pub continuation: bool,
+}
+
+impl FrameHead {
+    /// The head of the frame `frame` starts with (non-empty).
+    pub fn of(frame: &[u8]) -> FrameHead {
+        let b = frame[0];
+        FrameHead { fin: b & 0x80 != 0, control: b & 0x08 != 0, continuation: b & 0x0f == 0 }
+    }
+}
+
+/// The length of the frame at the start of `data` when `data` holds all of it; when its
+/// header says more than `max` payload bytes, the length of the header alone (enough for
+/// the decoder to refuse it). `None` while the frame is incomplete.
+pub fn frame_len(data: &[u8], max: usize) -> Option<usize> {
+    if data.len() < 2 {
+        return None;
+    }
+    let mask = if data[1] & 0x80 != 0 { 4 } else { 0 };
+    let (ext, payload) = match data[1] & 0x7f {
+        126 => (2, u16::from_be_bytes(data.get(2..4)?.try_into().ok()?) as u64),
+        127 => (8, u64::from_be_bytes(data.get(2..10)?.try_into().ok()?)),
+        n => (0, n as u64),
+    };
+    let head = 2 + ext + mask;
+    if data.len() < head {
+        return None;
+    }
+    if payload > max as u64 {
+        return Some(head);
+    }
+    let total = head + payload as usize;
+    (data.len() >= total).then_some(total)
+}
+
 #[cfg(test)]
 mod tests;

@@ -77,6 +77,11 @@ impl OutBuf {
         self.len() == 0
     }
 
+    /// The bytes not written yet.
+    pub fn pending(&self) -> &[u8] {
+        &self.buf[self.pos..]
+    }
+
     /// The vector to append to (encoders write straight into it).
     pub fn vec(&mut self) -> &mut Vec<u8> {
         if self.pos > 0 && self.pos * 2 >= self.buf.len() {

@@ -229,3 +229,87 @@ fn leftover_bytes_move_from_the_shared_buffer_to_the_client() {
     assert!(rx.is_empty());
     assert_eq!(drain(&mut w).0, vec![(b"b".to_vec(), false), (b"c".to_vec(), true)]);
 }
+
+/// `masked` with the FIN bit as given (for fragments).
+fn masked_fin(op: u8, fin: bool, payload: &[u8]) -> Vec<u8> {
+    let mut f = masked(op, payload);
+    if !fin {
+        f[0] &= 0x7f;
+    }
+    f
+}
+
+/// A client moved to another socket, as a handover does: its state, then its bytes.
+fn moved(c: &mut Client) -> (Client, std::os::unix::net::UnixStream) {
+    let state = c.snapshot(false);
+    let (a, b) = std::os::unix::net::UnixStream::pair().unwrap();
+    a.set_nonblocking(true).unwrap();
+    let io = Io::Unix(mio::net::UnixStream::from_std(a));
+    let moved = Client::restore(state, io, c.route, &config(1024), 0);
+    (moved, b)
+}
+
+#[test]
+fn a_websocket_moves_mid_message_with_nothing_lost_or_repeated() {
+    let (mut c, mut peer) = upgraded();
+    // A whole message, the first fragment of another, a ping between fragments, and half of
+    // the next fragment.
+    let mut bytes = masked(1, b"one");
+    bytes.extend(masked_fin(1, false, b"tw"));
+    bytes.extend(masked(9, b"p"));
+    let second = masked_fin(0, false, b"o-");
+    bytes.extend(&second[..3]);
+    for b in &bytes {
+        // One byte per read: every frame boundary falls between two reads.
+        peer.write_all(&[*b]).unwrap();
+        let (msgs, other) = drain(&mut c);
+        assert!(other.is_empty());
+        assert!(msgs.is_empty() || msgs == vec![(b"one".to_vec(), false)]);
+    }
+    c.send(b"queued", false, false, 1 << 20).unwrap();
+    let (mut c2, mut peer2) = moved(&mut c);
+    assert_eq!(c2.id, c.id);
+    // The pong and the queued message go out from the new connection, in order.
+    c2.flush().unwrap();
+    assert_eq!(peer_read(&mut peer2), b"\x8a\x01p\x81\x06queued");
+    let mut rest = second[3..].to_vec();
+    rest.extend(masked_fin(0, true, b"end"));
+    rest.extend(masked(2, b"three"));
+    peer2.write_all(&rest).unwrap();
+    let (msgs, other) = drain(&mut c2);
+    assert!(other.is_empty(), "{other:?}");
+    assert_eq!(msgs, vec![(b"two-end".to_vec(), false), (b"three".to_vec(), true)]);
+}
+
+#[test]
+fn text_frame_and_handshake_clients_move_with_their_partial_input() {
+    let (mut c, mut peer) = pair(Proto::Text);
+    peer.write_all(b"par").unwrap();
+    assert!(drain(&mut c).0.is_empty());
+    let (mut c2, mut peer2) = moved(&mut c);
+    peer2.write_all(b"tial\n").unwrap();
+    assert_eq!(drain(&mut c2).0, vec![(b"partial".to_vec(), false)]);
+
+    let (mut c, mut peer) = pair(Proto::Frame);
+    peer.write_all(&[0, 0, 0, 6, b'a']).unwrap();
+    assert!(drain(&mut c).0.is_empty());
+    let (mut c2, mut peer2) = moved(&mut c);
+    peer2.write_all(b"b").unwrap();
+    assert_eq!(drain(&mut c2).0, vec![(b"ab".to_vec(), false)]);
+
+    let (mut c, mut peer) = pair(Proto::WebSocket);
+    peer.write_all(&HANDSHAKE[..40]).unwrap();
+    assert!(drain(&mut c).1.is_empty());
+    c.send(b"early", false, false, 1 << 20).unwrap();
+    let (mut c2, mut peer2) = moved(&mut c);
+    assert!(c2.handshaking());
+    let mut rest = HANDSHAKE[40..].to_vec();
+    rest.extend(masked(1, b"hi"));
+    peer2.write_all(&rest).unwrap();
+    let (msgs, other) = drain(&mut c2);
+    assert!(matches!(other.as_slice(), [Inbound::Upgraded(r)] if r.uri == "/x"));
+    assert_eq!(msgs, vec![(b"hi".to_vec(), false)]);
+    c2.flush().unwrap();
+    let got = peer_read(&mut peer2);
+    assert!(got.starts_with(b"HTTP/1.1 101") && got.ends_with(b"\x81\x05early"));
+}

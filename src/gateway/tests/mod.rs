@@ -5,11 +5,13 @@
 
 mod commands;
 mod flow;
+mod handover;
 mod queries;
 mod relay;
 
 use std::io::{self, Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpStream};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -31,10 +33,12 @@ const DEADLINE: Duration = Duration::from_secs(10);
 /// Secret key of every test gateway.
 const SECRET: &str = "test-secret";
 
-/// The gateway plus a stop flag checked by the reactor.
+/// The gateway plus a stop flag checked by the reactor, and a flag that stands for the
+/// SIGUSR2 of an upgrade (a signal would reach every gateway of the test process).
 struct Driven {
     gw: Gateway,
     halt: Arc<AtomicBool>,
+    upgrade: Arc<AtomicBool>,
 }
 
 impl Service for Driven {
@@ -53,6 +57,9 @@ impl Service for Driven {
     }
 
     fn end_of_turn(&mut self, cx: &mut Ctx<'_, Timer>) -> bool {
+        if self.upgrade.swap(false, Ordering::SeqCst) {
+            self.gw.on_upgrade_signal(cx);
+        }
         self.gw.end_of_turn(cx)
     }
 
@@ -64,10 +71,14 @@ impl Service for Driven {
 /// A running gateway.
 pub struct Gw {
     halt: Arc<AtomicBool>,
+    upgrade: Arc<AtomicBool>,
     thread: Option<JoinHandle<()>>,
     pub public: SocketAddr,
     pub inner: SocketAddr,
     dir: PathBuf,
+    cfg: Config,
+    /// Copies of the listeners, for the process that replaces this one (`upgrade`).
+    fds: [OwnedFd; 3],
 }
 
 pub(crate) fn config(proto: Proto, dir: &std::path::Path, tweak: impl FnOnce(&mut GatewayLimits)) -> Config {
@@ -144,19 +155,62 @@ impl Gw {
         std::fs::create_dir_all(&dir).unwrap();
         let mut cfg = config(proto, &dir, tweak);
         let listeners = listeners(&dir);
+        cfg.gateways[0].listen = listeners.public.local_addr().unwrap();
+        Gw::run(cfg, listeners, dir, None)
+    }
+
+    /// Run a gateway of `cfg` in a thread; `handover`: first take over from the one that
+    /// waits at that path.
+    fn run(cfg: Config, listeners: Listeners, dir: PathBuf, handover: Option<PathBuf>) -> Gw {
         let public = listeners.public.local_addr().unwrap();
         let inner = listeners.inner_tcp.local_addr().unwrap();
-        cfg.gateways[0].listen = public;
-        let halt = Arc::new(AtomicBool::new(false));
-        let stop = halt.clone();
+        let fds = [
+            dup(listeners.public.as_raw_fd()),
+            dup(listeners.inner_tcp.as_raw_fd()),
+            dup(listeners.inner_unix.as_raw_fd()),
+        ];
+        let (halt, upgrade) = (Arc::new(AtomicBool::new(false)), Arc::new(AtomicBool::new(false)));
+        let (stop, up) = (halt.clone(), upgrade.clone());
+        let thread_cfg = cfg.clone();
         let thread = std::thread::spawn(move || {
+            let cfg = thread_cfg;
             let stats = Stats::private().unwrap();
+            let got = handover.map(|path| super::handover::receive(&path, &stats).unwrap());
             let mut reactor = Reactor::new().unwrap();
             let mut gw = Gateway::new(&cfg, &cfg.gateways[0], 0, listeners, None, stats);
+            if let Some(got) = got {
+                gw.restore(&mut reactor.ctx(), got).unwrap();
+            }
             gw.start(&mut reactor.ctx()).unwrap();
-            reactor.run(&mut Driven { gw, halt: stop }).unwrap();
+            reactor.run(&mut Driven { gw, halt: stop, upgrade: up }).unwrap();
         });
-        Gw { halt, thread: Some(thread), public, inner, dir }
+        Gw { halt, upgrade, thread: Some(thread), public, inner, dir, cfg, fds }
+    }
+
+    /// Replace this gateway by a new one on the same listeners, by a handover (what
+    /// `upgrade` does with processes). This one's thread ends once it handed over.
+    pub fn upgrade(mut self) -> Gw {
+        let path = super::handover::socket_path(&self.dir, 0);
+        let std_l = |fd: &OwnedFd| std::net::TcpListener::from(dup(fd.as_raw_fd()));
+        let listeners = Listeners {
+            public: TcpListener::from_std(std_l(&self.fds[0])),
+            inner_tcp: TcpListener::from_std(std_l(&self.fds[1])),
+            inner_unix: UnixListener::from_std(std::os::unix::net::UnixListener::from(dup(
+                self.fds[2].as_raw_fd()
+            ))),
+        };
+        let dir = std::mem::take(&mut self.dir);
+        let new = Gw::run(self.cfg.clone(), listeners, dir, Some(path.clone()));
+        let until = Instant::now() + DEADLINE;
+        while !path.exists() {
+            assert!(Instant::now() < until, "the new gateway does not listen for the handover");
+            std::thread::yield_now();
+        }
+        self.upgrade.store(true, Ordering::SeqCst);
+        // The old reactor sees the flag at its next turn (its 1 s tick at the latest) and
+        // ends by itself when it handed everything over.
+        self.thread.take().unwrap().join().expect("old gateway thread panicked");
+        new
     }
 
     /// A business worker linked and registered (its WORKER_CONNECT executed).
@@ -198,16 +252,26 @@ impl Gw {
 impl Drop for Gw {
     fn drop(&mut self) {
         self.halt.store(true, Ordering::SeqCst);
-        // Wake the reactor so it sees the flag now rather than at its next timer.
-        let _ = TcpStream::connect(self.public);
         if let Some(t) = self.thread.take() {
+            // Wake the reactor so it sees the flag now rather than at its next timer.
+            let _ = TcpStream::connect(self.public);
             let res = t.join();
             if !std::thread::panicking() {
                 res.expect("gateway thread panicked");
             }
         }
-        let _ = std::fs::remove_dir_all(&self.dir);
+        if !self.dir.as_os_str().is_empty() {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
     }
+}
+
+fn dup(fd: std::os::fd::RawFd) -> OwnedFd {
+    // SAFETY: `fd` is open; the duplicate is owned by the result.
+    let d = unsafe { libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, 0) };
+    assert!(d >= 0, "dup: {}", io::Error::last_os_error());
+    // SAFETY: a fresh descriptor nobody else owns.
+    unsafe { OwnedFd::from_raw_fd(d) }
 }
 
 /// A packet as the fake worker received it.

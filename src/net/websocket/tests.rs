@@ -82,3 +82,31 @@ fn frames_use_the_shortest_length_form() {
     encode_close(&mut out, 1000);
     assert_eq!(out, [0x88, 2, 3, 0xe8]);
 }
+
+#[test]
+fn a_frame_is_whole_only_with_its_last_byte() {
+    for size in [0usize, 5, 125, 126, 300, 70_000] {
+        let mut f = Vec::new();
+        encode_frame(&mut f, OP_BINARY, &vec![1u8; size]);
+        for cut in 0..f.len().min(140) {
+            assert_eq!(frame_len(&f[..cut], 1 << 20), None, "size {size} cut at {cut}");
+        }
+        assert_eq!(frame_len(&f[..f.len() - 1], 1 << 20), None);
+        assert_eq!(frame_len(&f, 1 << 20), Some(f.len()));
+        let mut two = f.clone();
+        two.extend_from_slice(b"\x81\x00");
+        assert_eq!(frame_len(&two, 1 << 20), Some(f.len()), "only the first frame");
+    }
+    // Masked (as clients send): 4 more header bytes.
+    let masked = [0x81, 0x82, 1, 2, 3, 4, b'h' ^ 1, b'i' ^ 2];
+    assert_eq!(frame_len(&masked[..7], 100), None);
+    assert_eq!(frame_len(&masked, 100), Some(8));
+    // Over the limit: the header alone, so the decoder refuses it before the payload comes.
+    assert_eq!(frame_len(&[0x82, 0xfe, 0x01, 0x00, 9, 9, 9, 9], 100), Some(8));
+    assert_eq!(frame_len(&[0x82, 0x7f, 0x80, 0, 0, 0, 0, 0, 0, 0], 100), Some(10));
+    assert_eq!(frame_len(&[0x82, 0xff, 0x80, 0, 0, 0, 0, 0, 0, 0, 1, 2, 3], 100), None);
+    let head = |b| FrameHead::of(&[b]);
+    assert_eq!(head(0x01), FrameHead { fin: false, control: false, continuation: false });
+    assert_eq!(head(0x80), FrameHead { fin: true, control: false, continuation: true });
+    assert_eq!(head(0x89), FrameHead { fin: true, control: true, continuation: false });
+}
