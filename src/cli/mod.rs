@@ -80,6 +80,12 @@ fn parse(argv: &[String]) -> Result<Args, String> {
 
 /// Run the command line; returns the process exit code.
 pub fn main(apps: AppFactory) -> i32 {
+    main_with(env!("CARGO_PKG_VERSION"), apps)
+}
+
+/// Run the command line of a build labelled `version` (at most 47 bytes are kept): the
+/// running master writes its label into the statistics and `status` shows it.
+pub fn main_with(version: &'static str, apps: AppFactory) -> i32 {
     let argv: Vec<String> = std::env::args().skip(1).collect();
     if argv.first().is_some_and(|a| a == "child") {
         return child(&argv[1..], apps);
@@ -93,14 +99,14 @@ pub fn main(apps: AppFactory) -> i32 {
     };
     let conf = master::absolute(&default_conf(args.conf.clone()));
     match args.command.as_str() {
-        "start" => start(&conf, &args, apps),
+        "start" => start(&conf, &args, apps, version),
         "stop" => stop(&conf, args.graceful),
         "restart" => {
             let code = stop(&conf, args.graceful);
             if code != exit::OK && code != exit::NOT_RUNNING {
                 return code;
             }
-            start(&conf, &args, apps)
+            start(&conf, &args, apps, version)
         }
         "reload" => reload(&conf),
         "status" => status(&conf, &args),
@@ -176,12 +182,12 @@ fn title(conf: &Path) -> String {
     format!("gatewayworker[{}]", rel(conf))
 }
 
-fn start(conf: &Path, args: &Args, apps: AppFactory) -> i32 {
-    let (cfg, title, m) = match prepare(conf, args, apps) {
+fn start(conf: &Path, args: &Args, apps: AppFactory, version: &'static str) -> i32 {
+    let (cfg, title, m) = match prepare(conf, args, apps, version) {
         Ok(r) => r,
         Err(code) => return code,
     };
-    let banner = banner(&title, &cfg, &m, args.daemon);
+    let banner = banner(&title, &cfg, &m, args.daemon, version);
     let setup =
         if args.daemon { daemonize(&cfg, &title, &banner, args) } else { foreground(&cfg, &banner, args) };
     if let Some(code) = setup {
@@ -203,7 +209,12 @@ fn start(conf: &Path, args: &Args, apps: AppFactory) -> i32 {
 
 /// Load the config, refuse a second master or an unknown application, bind: the config, the
 /// title and the master ready to run, or the exit code.
-fn prepare(conf: &Path, args: &Args, apps: AppFactory) -> Result<(Config, String, Master), i32> {
+fn prepare(
+    conf: &Path,
+    args: &Args,
+    apps: AppFactory,
+    version: &'static str,
+) -> Result<(Config, String, Master), i32> {
     let cfg = load(conf)?;
     let title = title(conf);
     if let Some(pid) = running_master(&cfg) {
@@ -224,7 +235,7 @@ fn prepare(conf: &Path, args: &Args, apps: AppFactory) -> Result<(Config, String
         eprintln!("cannot find this program's path: {e}");
         exit::FAILURE
     })?;
-    let m = Master::new(cfg.clone(), conf.to_path_buf(), exe, args.daemon).map_err(|e| {
+    let m = Master::new(cfg.clone(), conf.to_path_buf(), exe, args.daemon, version).map_err(|e| {
         eprintln!("{e}");
         exit::FAILURE
     })?;
@@ -275,12 +286,12 @@ fn foreground(cfg: &Config, banner: &str, args: &Args) -> Option<i32> {
     None
 }
 
-fn banner(title: &str, cfg: &Config, m: &Master, daemon: bool) -> String {
+fn banner(title: &str, cfg: &Config, m: &Master, daemon: bool, version: &str) -> String {
     let line = "-".repeat(45);
     let mut o = format!("{line} GATEWAYWORKER {line}\n");
     o += &format!(
         "gatewayworker/{}   conf: {}   machine: {:?}   lan_ip: {}\n",
-        env!("CARGO_PKG_VERSION"),
+        version,
         cfg.file.display(),
         cfg.machine_type,
         cfg.lan_ip
@@ -363,7 +374,7 @@ fn status(conf: &Path, args: &Args) -> i32 {
         }
     };
     if args.json {
-        println!("{}", table::render_json(&table::snapshot(&shm)));
+        println!("{}", table::render_status_json(&table::snapshot(&shm), &table::master_info(&shm)));
         return exit::OK;
     }
     loop {
@@ -375,7 +386,7 @@ fn status(conf: &Path, args: &Args) -> i32 {
             let b = second.rows.iter().find(|r| r.pid == pid)?;
             Some(b.total_request.saturating_sub(a.total_request))
         };
-        let out = table::render(&second, &rel(conf), &qps);
+        let out = table::render(&second, &table::master_info(&shm), &rel(conf), &qps);
         if args.daemon {
             print!("\x1b[H\x1b[2J\x1b(B\x1b[m{out}\nPress Ctrl+C to quit.\n");
         } else {

@@ -127,6 +127,8 @@ pub struct Master {
     /// The log file children write to (daemon mode); `None`: they log to the terminal.
     child_log: Option<PathBuf>,
     kill_at: Option<Instant>,
+    /// This binary's version label, shown by `status`.
+    version: &'static str,
 }
 
 /// What to do about a failed bind.
@@ -248,7 +250,14 @@ fn process_kinds(cfg: &Config) -> (Vec<Kind>, u16) {
 
 impl Master {
     /// Bind, create the statistics region, build the process table. Nothing is spawned yet.
-    pub fn new(cfg: Config, conf: PathBuf, exe: PathBuf, daemon: bool) -> Result<Master, StartError> {
+    /// `version` is the label `status` shows.
+    pub fn new(
+        cfg: Config,
+        conf: PathBuf,
+        exe: PathBuf,
+        daemon: bool,
+        version: &'static str,
+    ) -> Result<Master, StartError> {
         let listeners = bind_all(&cfg)?;
         std::fs::create_dir_all(&cfg.run_dir)
             .map_err(|e| StartError::Io(format!("run_dir {}", cfg.run_dir.display()), e))?;
@@ -293,6 +302,7 @@ impl Master {
             generation: 0,
             child_log,
             kill_at: None,
+            version,
         })
     }
 
@@ -325,7 +335,9 @@ impl Master {
         // Written here, not when the region is made: `start -d` forks the daemon away in
         // between, and the region must name the master that runs, not the one that exited.
         let pid = std::process::id();
-        self.shm.header().master_pid.store(pid, std::sync::atomic::Ordering::Relaxed);
+        let h = self.shm.header();
+        h.master_pid.store(pid, std::sync::atomic::Ordering::Relaxed);
+        h.set_label(self.version);
         if let Some(s) = self.shm.slot(MASTER_SLOT) {
             s.pid.store(pid, std::sync::atomic::Ordering::Relaxed);
         }

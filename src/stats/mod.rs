@@ -12,9 +12,14 @@ use std::path::Path;
 use std::sync::atomic::{AtomicU8, AtomicU32, AtomicU64, Ordering};
 
 const MAGIC: u64 = 0x6777_7374_6174_7331; // "gwstats1"
-/// Layout version of the region: 2 added the rate and backpressure counters to `Slot`.
-const VERSION: u32 = 2;
+/// Layout version of the region: 2 added the rate and backpressure counters to `Slot`; 3 the
+/// running version label, the operation in progress and the upgrade outcome to the header.
+pub const VERSION: u32 = 3;
 const TEXT_LEN: usize = 48;
+/// Bytes of the version label in the header (UTF-8, NUL-padded).
+pub const LABEL_LEN: usize = 48;
+/// Bytes of the last upgrade message in the header (UTF-8, NUL-padded, cut at a character).
+pub const MESSAGE_LEN: usize = 256;
 
 /// An enum stored as a `u32` in the shared region, with the word `status` shows for each value.
 macro_rules! stored_enum {
@@ -67,6 +72,17 @@ stored_enum! {
     }
 }
 
+stored_enum! {
+    /// What the master is doing to its processes (header field, read by the CLI).
+    Operation {
+        Idle = 0 => "idle",
+        /// Business workers are being replaced (`reload`).
+        Reload = 1 => "reload",
+        /// Every process is being replaced (`upgrade`).
+        Upgrade = 2 => "upgrade",
+    }
+}
+
 /// Global section, written by the master.
 #[repr(C)]
 pub struct Header {
@@ -81,6 +97,40 @@ pub struct Header {
     /// Non-zero while an empty secret is allowed on a non-loopback listener
     /// (`allow_empty_secret`); `status` prints a warning.
     pub empty_secret_exposed: AtomicU32,
+    /// `Operation` in progress.
+    operation: AtomicU32,
+    /// Completed upgrades.
+    pub upgrades: AtomicU64,
+    /// Upgrades refused or failed; the reason is in `upgrade_message` (written before the
+    /// count is bumped).
+    pub upgrades_failed: AtomicU64,
+    /// The running master's version label (`cli::main_with`).
+    label: [AtomicU8; LABEL_LEN],
+    /// The outcome of the last upgrade: why it was refused or failed, or what it did.
+    upgrade_message: [AtomicU8; MESSAGE_LEN],
+}
+
+impl Header {
+    pub fn operation(&self) -> Operation {
+        Operation::from_u32(self.operation.load(Ordering::Acquire)).unwrap_or(Operation::Idle)
+    }
+
+    pub fn label(&self) -> String {
+        read_text(&self.label)
+    }
+
+    pub fn set_label(&self, label: &str) {
+        write_text(&self.label, label);
+    }
+
+    pub fn upgrade_message(&self) -> String {
+        read_text(&self.upgrade_message)
+    }
+
+    /// (upgrades done, upgrades refused or failed).
+    pub fn upgrade_counts(&self) -> (u64, u64) {
+        (self.upgrades.load(Ordering::Acquire), self.upgrades_failed.load(Ordering::Acquire))
+    }
 }
 
 /// One process's counters. Written by that process (the master writes identity fields
@@ -185,14 +235,19 @@ impl Slot {
     }
 }
 
-fn write_text(dst: &[AtomicU8; TEXT_LEN], s: &str) {
-    let b = s.as_bytes();
+/// Store `s` NUL-padded, cut to leave at least one NUL and at a character boundary.
+fn write_text<const N: usize>(dst: &[AtomicU8; N], s: &str) {
+    let mut end = s.len().min(N - 1);
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    let b = &s.as_bytes()[..end];
     for (i, cell) in dst.iter().enumerate() {
-        cell.store(if i < b.len() && i < TEXT_LEN - 1 { b[i] } else { 0 }, Ordering::Relaxed);
+        cell.store(b.get(i).copied().unwrap_or(0), Ordering::Relaxed);
     }
 }
 
-fn read_text(src: &[AtomicU8; TEXT_LEN]) -> String {
+fn read_text<const N: usize>(src: &[AtomicU8; N]) -> String {
     let bytes: Vec<u8> = src.iter().map(|c| c.load(Ordering::Relaxed)).take_while(|&b| b != 0).collect();
     String::from_utf8_lossy(&bytes).into_owned()
 }
@@ -394,6 +449,26 @@ mod tests {
         assert_eq!(Slot::get(&r.total_request), 1);
         assert_eq!(r.state(), Some(State::Ready));
         assert!(reader.slot(4).is_none());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn the_header_carries_the_version_label() {
+        let dir = std::env::temp_dir().join(format!("gw-stats-hdr-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("s");
+        let master = Shm::create(&path, 2).unwrap();
+        let h = master.header();
+        h.set_label("0.1.0+v2");
+        let reader = Shm::open(&path, false).unwrap();
+        let r = reader.header();
+        assert_eq!(r.label(), "0.1.0+v2");
+        assert_eq!(r.operation(), Operation::Idle);
+        assert_eq!(r.upgrade_counts(), (0, 0));
+        assert_eq!(r.upgrade_message(), "");
+        // Too long: cut at a character boundary, always NUL-terminated.
+        h.set_label(&"é".repeat(40));
+        assert_eq!(r.label(), "é".repeat(23));
         std::fs::remove_dir_all(&dir).unwrap();
     }
 

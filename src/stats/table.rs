@@ -4,7 +4,7 @@
 use std::fmt::Write as _;
 use std::sync::atomic::Ordering;
 
-use super::{Role, Shm, Slot, State, pid_alive, unix_millis};
+use super::{Operation, Role, Shm, Slot, State, pid_alive, unix_millis};
 
 /// One process as seen by `status`.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -41,6 +41,31 @@ pub struct Snapshot {
     pub empty_secret_exposed: bool,
     pub rows: Vec<Row>,
     pub exits: Exits,
+}
+
+/// What the master says about itself: the version it runs, what it is doing, upgrades.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MasterInfo {
+    /// The running master's version label.
+    pub version: String,
+    pub operation: Operation,
+    pub upgrades: u64,
+    pub upgrades_failed: u64,
+    /// Why the last upgrade was refused or failed, or what it did.
+    pub last_upgrade: String,
+}
+
+/// Read the master's part of the header.
+pub fn master_info(shm: &Shm) -> MasterInfo {
+    let h = shm.header();
+    let (upgrades, upgrades_failed) = h.upgrade_counts();
+    MasterInfo {
+        version: h.label(),
+        operation: h.operation(),
+        upgrades,
+        upgrades_failed,
+        last_upgrade: h.upgrade_message(),
+    }
 }
 
 /// Read the region. Slots of exited processes, or whose pid is gone, are left out of `rows`
@@ -147,18 +172,19 @@ fn load_average() -> String {
 }
 
 /// The workerman-style table. `qps` gives requests/s per pid from a second sample.
-pub fn render(s: &Snapshot, conf: &str, qps: &dyn Fn(u32) -> Option<u64>) -> String {
+pub fn render(s: &Snapshot, m: &MasterInfo, conf: &str, qps: &dyn Fn(u32) -> Option<u64>) -> String {
     let mut o = String::new();
     let line = "-".repeat(46);
-    render_global(&mut o, s, conf, &line);
+    render_global(&mut o, s, m, conf, &line);
     render_processes(&mut o, s, qps, &line);
     o
 }
 
 /// The GLOBAL STATUS part: version, start time, load, exit counts.
-fn render_global(o: &mut String, s: &Snapshot, conf: &str, line: &str) {
+fn render_global(o: &mut String, s: &Snapshot, m: &MasterInfo, conf: &str, line: &str) {
     let _ = writeln!(o, "{line}GLOBAL STATUS{line}");
-    let _ = writeln!(o, "gatewayworker version:{:<10} conf:{conf}", env!("CARGO_PKG_VERSION"));
+    let version = if m.version.is_empty() { "-" } else { &m.version };
+    let _ = writeln!(o, "gatewayworker version:{version:<10} conf:{conf}");
     let start = std::time::UNIX_EPOCH + std::time::Duration::from_secs(s.started);
     let up = unix_millis() / 1000 - s.started.min(unix_millis() / 1000);
     let _ = writeln!(
@@ -178,6 +204,15 @@ fn render_global(o: &mut String, s: &Snapshot, conf: &str, line: &str) {
         if s.daemon { "daemon" } else { "foreground" },
         s.reloads
     );
+    if m.upgrades + m.upgrades_failed > 0 || m.operation != Operation::Idle {
+        let _ = writeln!(o, "upgrades: {}       failed upgrades: {}", m.upgrades, m.upgrades_failed);
+    }
+    if m.operation != Operation::Idle {
+        let _ = writeln!(o, "in progress: {}", m.operation.name());
+    }
+    if m.upgrades_failed > 0 || m.upgrades > 0 {
+        let _ = writeln!(o, "last upgrade: {}", m.last_upgrade);
+    }
     for warning in warnings(s) {
         let _ = writeln!(o, "{warning}");
     }
@@ -239,6 +274,24 @@ fn render_processes(o: &mut String, s: &Snapshot, qps: &dyn Fn(u32) -> Option<u6
 
 /// The snapshot as one JSON object (for scripts and tests).
 pub fn render_json(s: &Snapshot) -> String {
+    json_value(s).to_string()
+}
+
+/// `status --json`: the snapshot and what the master says about itself (`version`: the
+/// running master's version label).
+pub fn render_status_json(s: &Snapshot, m: &MasterInfo) -> String {
+    let mut v = json_value(s);
+    if let Some(o) = v.as_object_mut() {
+        o.insert("version".into(), m.version.clone().into());
+        o.insert("operation".into(), m.operation.name().into());
+        o.insert("upgrades".into(), m.upgrades.into());
+        o.insert("upgrades_failed".into(), m.upgrades_failed.into());
+        o.insert("last_upgrade".into(), m.last_upgrade.clone().into());
+    }
+    v.to_string()
+}
+
+fn json_value(s: &Snapshot) -> serde_json::Value {
     let rows: Vec<serde_json::Value> = s
         .rows
         .iter()
@@ -265,5 +318,4 @@ pub fn render_json(s: &Snapshot) -> String {
         "master_pid": s.master_pid, "started": s.started, "daemon": s.daemon, "reloads": s.reloads,
         "processes": rows, "exits": exits, "warnings": warnings(s),
     })
-    .to_string()
 }
