@@ -1,6 +1,8 @@
-//! The command line: `start [-d]`, `stop [-g]`, `restart [-d]`, `reload`, `status [-d]`,
-//! `--conf FILE`, `--help`, as workerman users know them, plus the hidden `child` entry the
-//! master uses to exec its children. The CLI finds the master through the pid file.
+//! The command line: `start [-d]`, `stop [-g]`, `restart [-d]`, `reload`, `upgrade`,
+//! `status [-d]`, `--conf FILE`, `--help`, as workerman users know them, plus the hidden
+//! entries the master uses: `child` (to exec its children), `upgrade-check` (run from a new
+//! binary before an upgrade) and `master-resume` (the master re-executed by `upgrade`). The
+//! CLI finds the master through the pid file.
 
 mod daemon;
 mod pidfile;
@@ -12,10 +14,10 @@ use crate::api::AppFactory;
 use crate::config::{Config, MachineType};
 use crate::logging;
 use crate::master::child::{ChildContract, ChildRole};
-use crate::master::{self, Master};
+use crate::master::{self, Master, MasterState};
 use crate::net::listener::Inherited;
 use crate::reactor::signals::send as signal;
-use crate::stats::{Shm, Stats, table};
+use crate::stats::{Operation, Shm, Stats, table};
 
 const USAGE: &str = "Usage: gatewayworker <command> [mode] [--conf FILE]
 
@@ -24,6 +26,8 @@ Commands:
   stop [-g]         stop (-g: gracefully: workers finish their events first)
   restart [-d]      stop, then start
   reload            business workers restart from the binary on disk; clients stay connected
+  upgrade           every process (master, register, gateways, workers) restarts from the
+                    binary on disk; clients stay connected (wss clients reconnect)
   status [-d]       live process table (-d: refresh every second; --json: machine readable)
   connections       one line per connection of every process
 
@@ -84,7 +88,8 @@ pub fn main(apps: AppFactory) -> i32 {
 }
 
 /// Run the command line of a build labelled `version` (at most 47 bytes are kept): the
-/// running master writes its label into the statistics and `status` shows it.
+/// running master writes its label into the statistics, `status` shows it, and `upgrade`
+/// moves the machine from one build to another.
 pub fn main_with(version: &'static str, apps: AppFactory) -> i32 {
     let argv: Vec<String> = std::env::args().skip(1).collect();
     if argv.first().is_some_and(|a| a == "child") {
@@ -109,6 +114,9 @@ pub fn main_with(version: &'static str, apps: AppFactory) -> i32 {
             start(&conf, &args, apps, version)
         }
         "reload" => reload(&conf),
+        "upgrade" => upgrade(&conf),
+        "upgrade-check" => upgrade_check(&conf, apps, version),
+        "master-resume" => resume(&conf, version),
         "status" => status(&conf, &args),
         "connections" => connections(&conf),
         "help" => {
@@ -342,6 +350,10 @@ fn reload(conf: &Path) -> i32 {
         Err(code) => return code,
     };
     let shm = Shm::open(&cfg.stats_path(), false).ok();
+    if shm.as_ref().is_some_and(|s| s.header().operation() == Operation::Upgrade) {
+        eprintln!("{title} reload refused: an upgrade is in progress (it replaces the business workers too)");
+        return exit::FAILURE;
+    }
     let before = shm.as_ref().map(|s| table::snapshot(s).reloads);
     signal(pid, libc::SIGUSR1);
     let (Some(shm), Some(before)) = (shm, before) else {
@@ -359,6 +371,129 @@ fn reload(conf: &Path) -> i32 {
     }
     eprintln!("{title} reload did not complete; see the log ({})", cfg.log_file.display());
     exit::FAILURE
+}
+
+/// How long `upgrade` waits for the master: its check, then each replacement with its
+/// timeout, and some slack.
+fn upgrade_limit(cfg: &Config) -> Duration {
+    let workers = cfg.worker.as_ref().map_or(0, |w| w.count as u32);
+    let gateways = cfg.gateway_processes() as u32;
+    Duration::from_secs(10)
+        + cfg.reload_timeout * 2
+        + Duration::from_secs(20) * gateways
+        + cfg.reload_timeout * 2 * workers
+        + Duration::from_secs(10)
+}
+
+/// SIGUSR2, then wait for the master to report the upgrade done, refused or failed (the
+/// reason it wrote into the statistics header).
+fn upgrade(conf: &Path) -> i32 {
+    let (cfg, title, pid) = match running(conf) {
+        Ok(r) => r,
+        Err(code) => return code,
+    };
+    let shm = match Shm::open(&cfg.stats_path(), false) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("cannot read statistics {}: {e}", cfg.stats_path().display());
+            return exit::FAILURE;
+        }
+    };
+    let h = shm.header();
+    let (done, failed) = h.upgrade_counts();
+    signal(pid, libc::SIGUSR2);
+    let until = Instant::now() + upgrade_limit(&cfg);
+    while Instant::now() < until {
+        let now = h.upgrade_counts();
+        if now.1 > failed {
+            eprintln!("{title} {}", h.upgrade_message());
+            return exit::FAILURE;
+        }
+        if now.0 > done {
+            println!("{title} {}", h.upgrade_message());
+            return exit::OK;
+        }
+        if !pidfile::is_our_master(pid) {
+            eprintln!("{title} upgrade: the master exited; see the log ({})", cfg.log_file.display());
+            return exit::FAILURE;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    eprintln!("{title} upgrade did not complete; see the log ({})", cfg.log_file.display());
+    exit::FAILURE
+}
+
+/// `upgrade-check --conf F` (hidden), run by the master from the new binary before it
+/// re-executes it: reads the configuration and the master's state (environment), answers
+/// `gatewayworker <version>` and exits 0 when this binary can take over, else says why on
+/// stderr and exits 1 (78 for a bad configuration).
+fn upgrade_check(conf: &Path, apps: AppFactory, version: &str) -> i32 {
+    let cfg = match load(conf) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    let state = std::env::var(master::STATE_ENV).ok();
+    match master::check_new_binary(&cfg, state.as_deref(), |app| apps(app).is_some(), version) {
+        Ok(answer) => {
+            println!("{answer}");
+            exit::OK
+        }
+        Err(e) => {
+            eprintln!("{e}");
+            exit::FAILURE
+        }
+    }
+}
+
+/// `master-resume --conf F` (hidden): the master re-executed by `upgrade`, same pid, its
+/// state in the environment. It takes its children, listeners and statistics back and
+/// goes on with the upgrade.
+fn resume(conf: &Path, version: &'static str) -> i32 {
+    let text = std::env::var(master::STATE_ENV);
+    // SAFETY: the process is single-threaded this early; the children must not inherit
+    // the state.
+    unsafe { std::env::remove_var(master::STATE_ENV) };
+    let state = match text
+        .map_err(|e| e.to_string())
+        .and_then(|t| MasterState::decode(&t).map_err(|e| e.to_string()))
+    {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("master-resume: {e} (this entry is for the master re-executed by upgrade)");
+            return exit::USAGE;
+        }
+    };
+    logging::init("master", state.child_log.clone());
+    set_process_name("gw-master");
+    let title = title(conf);
+    let fail = |why: String| {
+        log::error!("{title}: the re-executed master cannot go on: {why}; everything stops");
+        if let Ok(shm) = Shm::open(&state.stats, true) {
+            shm.header().set_operation(Operation::Idle);
+            shm.header()
+                .finish_upgrade(true, &format!("upgrade failed: the re-executed master cannot go on: {why}"));
+        }
+        pidfile::remove(&state.pid_file);
+        exit::FAILURE
+    };
+    let cfg = match Config::load(conf) {
+        Ok(c) => c,
+        Err(e) => return fail(e.to_string()),
+    };
+    let m = match Master::resume(cfg.clone(), state.clone(), version) {
+        Ok(m) => m,
+        Err(e) => return fail(e),
+    };
+    let code = match m.run_resumed() {
+        Ok(()) => exit::OK,
+        Err(e) => {
+            log::error!("master loop failed: {e}");
+            exit::FAILURE
+        }
+    };
+    pidfile::remove(&cfg.pid_file);
+    log::info!("{title} has been stopped");
+    code
 }
 
 fn status(conf: &Path, args: &Args) -> i32 {

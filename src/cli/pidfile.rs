@@ -22,8 +22,8 @@ pub fn remove(path: &Path) {
 }
 
 /// True if `pid` is alive and is a gatewayworker master (its command line is our program
-/// with the `start` or `restart` command), so a stale pid file never makes us signal a
-/// stranger.
+/// with the `start` or `restart` command, or `master-resume` once `upgrade` re-executed it),
+/// so a stale pid file never makes us signal a stranger.
 pub fn is_our_master(pid: u32) -> bool {
     if !crate::stats::pid_alive(pid) {
         return false;
@@ -41,5 +41,5 @@ pub fn is_our_master(pid: u32) -> bool {
         .map(|n| n.to_string_lossy().into_owned());
     let same_program =
         prog_name.as_deref() == Some(ours.as_str()) || prog_name.as_deref() == Some("gatewayworker");
-    same_program && args.iter().any(|a| *a == b"start" || *a == b"restart")
+    same_program && args.iter().any(|a| *a == b"start" || *a == b"restart" || *a == b"master-resume")
 }

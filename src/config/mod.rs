@@ -231,6 +231,18 @@ impl Config {
         raw::load(file)
     }
 
+    /// `text` as the configuration file `file`, without `.env` or the environment (tests).
+    #[cfg(test)]
+    pub fn from_text(file: &Path, text: &str) -> Result<Config, ConfigError> {
+        raw::parse(file, text, &[])
+    }
+
+    /// Path of the Unix socket on which the gateway replacing the one whose inner port is
+    /// `port` receives the handover (`upgrade`).
+    pub fn handover_socket_path(&self, port: u16) -> PathBuf {
+        self.run_dir.join(format!("handover-{port}.sock"))
+    }
+
     /// Path of the inner Unix socket of the gateway whose inner port is `port`.
     pub fn inner_socket_path(&self, port: u16) -> PathBuf {
         self.run_dir.join(format!("gateway-{port}.sock"))

@@ -48,6 +48,22 @@ pub fn load(file: &Path) -> Result<Config, ConfigError> {
     Ok(cfg)
 }
 
+/// Parse `text` as if read from `file`, with `env` as the environment (unit tests of other
+/// modules: no `.env`, no process environment).
+#[cfg(test)]
+pub fn parse(file: &Path, text: &str, env: &[(String, String)]) -> Result<Config, ConfigError> {
+    let table: Table = text.parse().map_err(|e: toml::de::Error| ConfigError {
+        file: file.to_path_buf(),
+        key: String::new(),
+        problem: format!("not valid TOML: {}", e.message()),
+        fix: String::new(),
+    })?;
+    let mut top = Sec::new(file, "", &table);
+    let cfg = build(&mut top, env)?;
+    top.finish()?;
+    Ok(cfg)
+}
+
 /// Variables from `.env` (path from `GW_ENV_FILE`, default `.env` in the working directory)
 /// overlaid by the real environment.
 fn load_env(conf: &Path) -> Result<Vec<(String, String)>, ConfigError> {

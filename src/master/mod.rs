@@ -1,11 +1,17 @@
 //! The master process: binds every listening socket once and keeps it for its whole life,
 //! creates the statistics region, fork+execs the register, the gateways and the business
 //! workers, re-spawns a child that dies (same slot, same listeners, with backoff), reloads
-//! business workers new-before-old, and stops everything. It never touches client traffic.
+//! business workers new-before-old, upgrades every process (itself first, by re-executing in
+//! place), and stops everything. It never touches client traffic.
 
 pub mod child;
 mod reload;
 mod spawn;
+mod state;
+mod upgrade;
+
+pub use state::{ENV as STATE_ENV, MasterState};
+pub use upgrade::check_new_binary;
 
 use std::io;
 use std::net::SocketAddr;
@@ -23,7 +29,7 @@ use crate::config::{Config, ConfigError, MachineType};
 use crate::net::listener::{bind_tcp, bind_unix};
 use crate::reactor::signals::{is_stop_signal, send as signal};
 use crate::reactor::{Ctx, Reactor, Ready, Service};
-use crate::stats::{Role, Shm, Slot, State};
+use crate::stats::{Operation, Role, Shm, Slot, State};
 
 use spawn::describe;
 
@@ -75,6 +81,9 @@ pub struct Proc {
     pub retiring: bool,
     /// Reload generation, part of a worker's key at the gateways.
     pub generation: u64,
+    /// A retiring process still alive then is killed (an old gateway relaying wss clients
+    /// after an upgrade, an old register).
+    pub deadline: Option<Instant>,
 }
 
 /// A process-table entry's names: statistics role, command line role, name, listen address.
@@ -101,6 +110,7 @@ pub enum Timer {
     Respawn(usize),
     Kill,
     ReloadCheck,
+    UpgradeCheck,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -129,6 +139,7 @@ pub struct Master {
     kill_at: Option<Instant>,
     /// This binary's version label, shown by `status`.
     version: &'static str,
+    upgrade: upgrade::Upgrade,
 }
 
 /// What to do about a failed bind.
@@ -262,8 +273,10 @@ impl Master {
         std::fs::create_dir_all(&cfg.run_dir)
             .map_err(|e| StartError::Io(format!("run_dir {}", cfg.run_dir.display()), e))?;
         let (procs, workers) = process_kinds(&cfg);
-        // Slot 0: master; one per process; spares for reload replacements.
-        let slots = 1 + procs.len() + workers as usize + 1;
+        // Slot 0: master; one per process; spares for reload replacements, and for upgrade
+        // replacements while old gateways linger (relaying wss clients), over two upgrades.
+        let upgrade_spares = 2 + 2 * cfg.gateway_processes();
+        let slots = 1 + procs.len() + workers as usize + 1 + upgrade_spares;
         let shm = Shm::create(&cfg.stats_path(), slots)
             .map_err(|e| StartError::Io(format!("statistics file {}", cfg.stats_path().display()), e))?;
         let h = shm.header();
@@ -284,6 +297,7 @@ impl Master {
                 quick_deaths: 0,
                 retiring: false,
                 generation: 0,
+                deadline: None,
             });
         }
         let procs = table;
@@ -303,6 +317,7 @@ impl Master {
             child_log,
             kill_at: None,
             version,
+            upgrade: upgrade::Upgrade::default(),
         })
     }
 
@@ -331,7 +346,17 @@ impl Master {
     }
 
     /// Run until everything stopped.
-    pub fn run(mut self) -> io::Result<()> {
+    pub fn run(self) -> io::Result<()> {
+        self.serve(false)
+    }
+
+    /// Run a master that re-executed itself (`upgrade`): its children run, the upgrade goes
+    /// on.
+    pub fn run_resumed(self) -> io::Result<()> {
+        self.serve(true)
+    }
+
+    fn serve(mut self, resumed: bool) -> io::Result<()> {
         // Written here, not when the region is made: `start -d` forks the daemon away in
         // between, and the region must name the master that runs, not the one that exited.
         let pid = std::process::id();
@@ -344,11 +369,17 @@ impl Master {
         self.cfg.warnings.iter().for_each(|w| warn!("{}", w.text));
         let mut reactor = Reactor::new()?;
         reactor.watch_signals(&MASTER_SIGNALS)?;
+        // The old master blocked its signals across the `execve`; they are handled now.
+        upgrade::unblock_signals();
         {
             let mut cx = reactor.ctx();
-            let keys: Vec<usize> = self.procs.iter().map(|(k, _)| k).collect();
-            for i in keys {
-                self.start_proc(&mut cx, i);
+            if resumed {
+                self.resume_children(&mut cx);
+            } else {
+                let keys: Vec<usize> = self.procs.iter().map(|(k, _)| k).collect();
+                for i in keys {
+                    self.start_proc(&mut cx, i);
+                }
             }
             cx.after(Duration::from_secs(1), Timer::Tick);
         }
@@ -415,6 +446,12 @@ impl Master {
     }
 
     fn spawn_proc(&self, i: usize) -> io::Result<u32> {
+        self.spawn_proc_with(i, None)
+    }
+
+    /// Spawn the child of entry `i`; `handover`: a gateway replacing a running one receives
+    /// its connections on that socket.
+    fn spawn_proc_with(&self, i: usize, handover: Option<PathBuf>) -> io::Result<u32> {
         let p = &self.procs[i];
         let names = self.names(p.kind);
         let (group, id) = match p.kind {
@@ -449,7 +486,7 @@ impl Master {
             slot: p.slot,
             generation: p.generation,
             log_file: self.child_log.clone(),
-            handover: None,
+            handover,
         };
         spawn::spawn(&self.exe, &contract)
     }
@@ -466,9 +503,10 @@ impl Master {
     /// A child exited: record it, then re-spawn it unless it was retired or we stop.
     fn on_exit(&mut self, cx: &mut Ctx<'_, Timer>, pid: u32, status: i32) {
         let Some(i) = self.procs.iter().find(|(_, p)| p.pid == Some(pid)).map(|(k, _)| k) else { return };
-        if self.reload_probation_failed(i, status) {
+        if self.reload_probation_failed(cx, i, status) || self.upgrade_probation_failed(cx, i, status) {
             return;
         }
+        let held = self.upgrade_holds(i);
         let name = self.names(self.procs[i].kind).name;
         let p = &mut self.procs[i];
         p.pid = None;
@@ -485,12 +523,37 @@ impl Master {
             self.after_retired_exit(cx, i);
             return;
         }
+        if held {
+            // Handing over: whether it comes back depends on how the handover ends.
+            info!("{name}[{pid}] exited during its handover ({})", describe(status));
+            return;
+        }
         warn!("worker[{name}:{pid}] exit with status {status} ({}); restarting it", describe(status));
         if !was_serving && p.started.elapsed() < MIN_LIFETIME {
             self.schedule_respawn(cx, i);
         } else {
             p.quick_deaths = 0;
             self.start_proc(cx, i);
+        }
+    }
+
+    /// Kill retiring processes past their deadline.
+    fn kill_lingering(&mut self) {
+        let now = Instant::now();
+        let late: Vec<usize> = self
+            .procs
+            .iter()
+            .filter(|(_, p)| p.retiring && p.pid.is_some() && p.deadline.is_some_and(|d| now >= d))
+            .map(|(k, _)| k)
+            .collect();
+        for i in late {
+            let name = self.names(self.procs[i].kind).name;
+            let p = &mut self.procs[i];
+            if let Some(pid) = p.pid {
+                warn!("{name}[{pid}] was replaced and did not exit in time; killing it");
+                signal(pid, libc::SIGKILL);
+            }
+            p.deadline = Some(now + Duration::from_secs(2));
         }
     }
 
@@ -504,6 +567,8 @@ impl Master {
             return;
         }
         self.reload.abort();
+        self.upgrade_abort();
+        self.shm.header().set_operation(Operation::Idle);
         if graceful && self.phase == Phase::Running {
             info!("graceful stop: business workers drain first");
             self.phase = Phase::StoppingWorkers;
@@ -552,6 +617,11 @@ impl Master {
         for (_, _, path) in &self.listeners.inner {
             let _ = std::fs::remove_file(path);
         }
+        for g in &self.cfg.gateways {
+            for id in 0..g.count {
+                let _ = std::fs::remove_file(self.cfg.handover_socket_path(g.start_port + id));
+            }
+        }
         let _ = std::fs::remove_file(self.cfg.stats_path());
         info!("stopped");
     }
@@ -569,6 +639,7 @@ impl Service for Master {
                     s.tick();
                     Slot::set(&s.timers, cx.timers.len() as u64 + 1);
                 }
+                self.kill_lingering();
                 cx.after(Duration::from_secs(1), Timer::Tick);
             }
             Timer::Respawn(i) => {
@@ -597,6 +668,7 @@ impl Service for Master {
                 cx.after(Duration::from_millis(50), Timer::Kill);
             }
             Timer::ReloadCheck => self.reload_check(cx),
+            Timer::UpgradeCheck => self.upgrade_poll(cx),
         }
     }
 
@@ -609,7 +681,8 @@ impl Service for Master {
                 self.maybe_done(cx);
             }
             libc::SIGQUIT => self.stop(cx, true),
-            libc::SIGUSR1 | libc::SIGUSR2 => self.begin_reload(cx),
+            libc::SIGUSR1 => self.begin_reload(cx),
+            libc::SIGUSR2 => self.begin_upgrade(),
             s if is_stop_signal(s) => self.stop(cx, false),
             _ => {}
         }

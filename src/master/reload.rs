@@ -2,7 +2,7 @@
 //! replacement from the binary on disk, wait until it is linked to every gateway (its slot
 //! says Ready), then ask the old one to drain (SIGQUIT) and wait for it to exit. A
 //! replacement that cannot start or dies before it is ready aborts the reload and the old
-//! workers keep running.
+//! workers keep running. `upgrade` replaces the business workers by the same steps.
 
 use std::collections::VecDeque;
 use std::os::unix::fs::PermissionsExt;
@@ -13,7 +13,7 @@ use log::{error, info, warn};
 use super::{Kind, Master, Phase, Proc, Timer, spawn};
 use crate::reactor::Ctx;
 use crate::reactor::signals::send as signal;
-use crate::stats::State;
+use crate::stats::{Operation, State};
 
 const CHECK: Duration = Duration::from_millis(20);
 
@@ -56,6 +56,10 @@ impl Master {
         if self.phase != Phase::Running {
             return;
         }
+        if self.upgrade.active() {
+            warn!("reload refused: an upgrade is in progress (it replaces the business workers too)");
+            return;
+        }
         // Everyone reopens the log file (logrotate); gateways and the register keep running.
         crate::logging::reopen();
         for pid in self.live_pids(|k| !matches!(k, Kind::Worker { .. })) {
@@ -69,6 +73,13 @@ impl Master {
             error!("reload: cannot run {}: {e}; keeping the old business workers", self.exe.display());
             return;
         }
+        self.shm.header().set_operation(Operation::Reload);
+        self.replace_workers(cx);
+    }
+
+    /// Replace every business worker, one at a time, new before old; `reload_finished`
+    /// reports the end.
+    pub(super) fn replace_workers(&mut self, cx: &mut Ctx<'_, Timer>) {
         let old: VecDeque<usize> = self
             .procs
             .iter()
@@ -76,10 +87,8 @@ impl Master {
             .map(|(k, _)| k)
             .collect();
         if old.is_empty() {
-            // A master machine: done (the `reload` command waits for this count).
-            self.shm.header().reloads.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            info!("reload done: no business worker runs here");
-            return;
+            // A master machine: done at once.
+            return self.reload_finished(cx, Ok("no business worker runs here"));
         }
         self.generation += 1;
         info!("reloading {} business workers", old.len());
@@ -89,18 +98,13 @@ impl Master {
 
     fn reload_next(&mut self, cx: &mut Ctx<'_, Timer>) {
         let Some(old) = self.reload.queue.pop_front() else {
-            self.reload.step = None;
-            self.shm.header().reloads.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            info!("reload done");
-            return;
+            return self.reload_finished(cx, Ok(""));
         };
         let Some(kind) = self.procs.get(old).filter(|p| p.pid.is_some()).map(|p| p.kind) else {
             return self.reload_next(cx);
         };
         let Some(slot) = self.free_slots.pop() else {
-            error!("reload: no free statistics slot; reload aborted");
-            self.reload.abort();
-            return;
+            return self.reload_finished(cx, Err("no free statistics slot".into()));
         };
         let new = self.procs.insert(Proc {
             kind,
@@ -110,6 +114,7 @@ impl Master {
             quick_deaths: 0,
             retiring: false,
             generation: self.generation,
+            deadline: None,
         });
         match self.spawn_proc(new) {
             Ok(pid) => {
@@ -118,12 +123,9 @@ impl Master {
                 cx.after(CHECK, Timer::ReloadCheck);
             }
             Err(e) => {
-                error!(
-                    "reload: cannot start the new business worker from {}: {e}; keeping the old ones",
-                    self.exe.display()
-                );
                 self.drop_proc(new);
-                self.reload.abort();
+                let why = format!("cannot start the new business worker from {}: {e}", self.exe.display());
+                self.reload_finished(cx, Err(why));
             }
         }
     }
@@ -186,28 +188,48 @@ impl Master {
 
     /// A replacement died before it was ready: abort, keep the old workers. Returns true
     /// when `i` was that replacement.
-    pub(super) fn reload_probation_failed(&mut self, i: usize, status: i32) -> bool {
+    pub(super) fn reload_probation_failed(&mut self, cx: &mut Ctx<'_, Timer>, i: usize, status: i32) -> bool {
         let Some(step) = self.reload.step else { return false };
         if step.new != i || step.wait != Wait::Ready {
             return false;
         }
-        error!(
-            "reload: the new business worker died before it was ready ({}); reload aborted, the old workers keep running",
-            spawn::describe(status)
-        );
         self.drop_proc(i);
-        self.reload.abort();
+        let why = format!("the new business worker died before it was ready ({})", spawn::describe(status));
+        self.reload_finished(cx, Err(why));
         true
     }
 
-    fn drop_proc(&mut self, i: usize) {
+    /// The replacement of the business workers ended: `Ok(note)` every one was replaced,
+    /// `Err(why)` it stopped there and the old ones keep running. For a reload, the count the
+    /// `reload` command waits for; within an upgrade, its next step.
+    fn reload_finished(&mut self, cx: &mut Ctx<'_, Timer>, outcome: Result<&str, String>) {
+        self.reload.abort();
+        if self.upgrade.replacing_workers() {
+            return self.upgrade_workers_finished(cx, outcome.map(|_| ()));
+        }
+        self.shm.header().set_operation(Operation::Idle);
+        match outcome {
+            Ok(note) => {
+                // Counted before the log line, which the tests wait for.
+                self.shm.header().reloads.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                if note.is_empty() {
+                    info!("reload done");
+                } else {
+                    info!("reload done: {note}");
+                }
+            }
+            Err(why) => error!("reload: {why}; reload aborted, the old business workers keep running"),
+        }
+    }
+
+    pub(super) fn drop_proc(&mut self, i: usize) {
         if let Some(p) = self.procs.try_remove(i) {
             self.free_slots.push(p.slot);
         }
     }
 }
 
-fn check_executable(path: &std::path::Path) -> std::io::Result<()> {
+pub(super) fn check_executable(path: &std::path::Path) -> std::io::Result<()> {
     let meta = std::fs::metadata(path)?;
     if !meta.is_file() || meta.permissions().mode() & 0o111 == 0 {
         return Err(std::io::Error::other("not an executable file"));

@@ -115,6 +115,10 @@ impl Header {
         Operation::from_u32(self.operation.load(Ordering::Acquire)).unwrap_or(Operation::Idle)
     }
 
+    pub fn set_operation(&self, op: Operation) {
+        self.operation.store(op as u32, Ordering::Release);
+    }
+
     pub fn label(&self) -> String {
         read_text(&self.label)
     }
@@ -125,6 +129,14 @@ impl Header {
 
     pub fn upgrade_message(&self) -> String {
         read_text(&self.upgrade_message)
+    }
+
+    /// Record the outcome of an upgrade. `failed`: count it as refused or failed (the
+    /// message is in place before the count moves); else as done.
+    pub fn finish_upgrade(&self, failed: bool, message: &str) {
+        write_text(&self.upgrade_message, message);
+        let count = if failed { &self.upgrades_failed } else { &self.upgrades };
+        count.fetch_add(1, Ordering::Release);
     }
 
     /// (upgrades done, upgrades refused or failed).
@@ -307,7 +319,22 @@ impl Shm {
         Ok(shm)
     }
 
-    /// Open an existing region (children read-write, `status` read-only).
+    /// The layout version of the region at `path` (an error when it is no statistics file).
+    pub fn layout(path: &Path) -> io::Result<u32> {
+        let f = OpenOptions::new().read(true).open(path)?;
+        if (f.metadata()?.len() as usize) < Shm::size(0) {
+            return Err(io::Error::other("statistics file too small"));
+        }
+        let shm = Shm::map(&f, Shm::size(0), false)?;
+        let h = shm.header();
+        if h.magic.load(Ordering::Acquire) != MAGIC {
+            return Err(io::Error::other("not a statistics file"));
+        }
+        Ok(h.version.load(Ordering::Relaxed))
+    }
+
+    /// Open an existing region (children and a re-executed master read-write, `status`
+    /// read-only).
     pub fn open(path: &Path, writable: bool) -> io::Result<Shm> {
         let f = OpenOptions::new().read(true).write(writable).open(path)?;
         let len = f.metadata()?.len() as usize;
@@ -453,22 +480,29 @@ mod tests {
     }
 
     #[test]
-    fn the_header_carries_the_version_label() {
+    fn the_header_carries_the_label_and_the_upgrade_outcome() {
         let dir = std::env::temp_dir().join(format!("gw-stats-hdr-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join("s");
         let master = Shm::create(&path, 2).unwrap();
         let h = master.header();
         h.set_label("0.1.0+v2");
+        h.set_operation(Operation::Upgrade);
+        h.finish_upgrade(true, "upgrade refused: a reload is in progress");
         let reader = Shm::open(&path, false).unwrap();
         let r = reader.header();
         assert_eq!(r.label(), "0.1.0+v2");
-        assert_eq!(r.operation(), Operation::Idle);
-        assert_eq!(r.upgrade_counts(), (0, 0));
-        assert_eq!(r.upgrade_message(), "");
+        assert_eq!(r.operation(), Operation::Upgrade);
+        assert_eq!(r.upgrade_counts(), (0, 1));
+        assert_eq!(r.upgrade_message(), "upgrade refused: a reload is in progress");
+        h.finish_upgrade(false, "done");
+        assert_eq!((r.upgrade_counts(), r.upgrade_message().as_str()), ((1, 1), "done"));
         // Too long: cut at a character boundary, always NUL-terminated.
         h.set_label(&"é".repeat(40));
         assert_eq!(r.label(), "é".repeat(23));
+        h.finish_upgrade(true, &"x".repeat(300));
+        assert_eq!(r.upgrade_message().len(), MESSAGE_LEN - 1);
+        assert_eq!(Shm::layout(&path).unwrap(), VERSION);
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
@@ -479,6 +513,7 @@ mod tests {
         let path = dir.join("s");
         std::fs::write(&path, vec![7u8; 4096]).unwrap();
         assert!(Shm::open(&path, false).is_err());
+        assert!(Shm::layout(&path).is_err());
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }
