@@ -73,6 +73,7 @@ impl Gateway {
     /// Once a second: coarse clock, handshake and idle timeouts, statistics.
     pub(super) fn tick(&mut self, cx: &mut Ctx<'_, Timer>) {
         self.clock = self.started.elapsed().as_secs() as u32;
+        self.relays.expire(cx.registry, cx.now);
         while let Some(&(deadline, id)) = self.clients.handshakes.front() {
             if deadline > self.clock {
                 break;
