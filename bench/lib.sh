@@ -10,6 +10,10 @@
 #   SERVER_CPU=0 LOADER_CPU=1   CPUs the server tree and the loader are pinned to
 #   DURATION=6 WARMUP=1         measured window and warm-up of the load runs, seconds
 #   BENCH_OUT=bench/out         where raw JSON lines, logs and run directories go
+#   OURS_RUN=$BENCH_OUT/run-ours our server's run directory (config, pid file, statistics)
+#   START_PORT=2300             first port of our gateways' inner listeners (one per gateway)
+#   PING_INTERVAL PING_LIMIT PING_DATA  our gateways' heartbeat (ping_interval,
+#                               ping_not_response_limit, ping_data); none when unset
 set -euo pipefail
 
 BENCH_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -31,6 +35,8 @@ PORT_FASTWS=${PORT_FASTWS:-9101}
 PORT_NODE=${PORT_NODE:-9102}
 PORT_OURS=${PORT_OURS:-7272}
 PORT_REGISTER=${PORT_REGISTER:-1236}
+START_PORT=${START_PORT:-2300}
+OURS_RUN=${OURS_RUN:-$OUT/run-ours}
 STAMP=${STAMP:-$(date +%Y%m%d-%H%M%S)}
 
 # Set by target_start.
@@ -129,9 +135,13 @@ wait_ready() {
 
 # Writes the config of our server for APP (echo | broadcast) to stdout.
 ours_config() {
-    local app=$1 tls=$2 gateways=${GATEWAYS:-1} workers=${WORKERS:-1} run=$OUT/run-ours
-    local scheme=websocket
+    local app=$1 tls=$2 gateways=${GATEWAYS:-1} workers=${WORKERS:-1} run=$OURS_RUN
+    local scheme=websocket heartbeat=""
     [[ $tls == tls ]] && scheme=wss
+    if [[ -n ${PING_INTERVAL:-} ]]; then
+        heartbeat=$(printf "ping_interval = %s\nping_not_response_limit = %s\nping_data = '%s'" \
+            "$PING_INTERVAL" "${PING_LIMIT:-0}" "${PING_DATA:-}")
+    fi
     cat <<TOML
 machine_type = "all"
 lan_ip = "127.0.0.1"
@@ -145,7 +155,8 @@ listen = "text://127.0.0.1:$PORT_REGISTER"
 name = "BenchGateway"
 listen = "$scheme://127.0.0.1:$PORT_OURS"
 count = $gateways
-start_port = 2300
+start_port = $START_PORT
+$heartbeat
 
 [gateway.limits]
 max_connections = ${MAX_CONNECTIONS:-20000}
@@ -190,9 +201,9 @@ target_start() {
             local bin=$OURS
             [[ $name == ours-base ]] && bin=$OURS_BASE
             [[ -n $bin && -x $bin ]] || { log "bench: $name: binary '$bin' is not built (OURS_BASE for ours-base)"; return 1; }
-            mkdir -p "$OUT/run-ours"
-            ours_config "$app" "$tls" >"$OUT/run-ours/bench.toml"
-            taskset -c "$SERVER_CPU" "$bin" start --conf "$OUT/run-ours/bench.toml" >>"$logf" 2>&1 &
+            mkdir -p "$OURS_RUN"
+            ours_config "$app" "$tls" >"$OURS_RUN/bench.toml"
+            taskset -c "$SERVER_CPU" "$bin" start --conf "$OURS_RUN/bench.toml" >>"$logf" 2>&1 &
             ;;
     esac
     TARGET_PID=$!
@@ -225,7 +236,90 @@ target_stop() {
     wait "$TARGET_PID" 2>/dev/null || true
     TARGET_PID=""
 }
-trap 'target_stop' EXIT
+
+# Loader processes of an idle run (idle_open), stopped by idle_close or at exit.
+IDLE_PIDS=()
+IDLE_TAG=""
+
+# idle_open TAG CONNS LOADERS [FIRST]: the target is running; opens CONNS connections to
+# TARGET_URL with LOADERS `gw-bench idle` processes on LOADER_CPU, loader i binding its sockets
+# round-robin to 127.0.(FIRST+i).1 to 127.0.(FIRST+i).IDLE_SOURCES (FIRST 10, IDLE_SOURCES 2:
+# one source address gives about 28k ports per destination). Returns once every loader has
+# written its ready file (its connections are up or failed) or exited, at most IDLE_DEADLINE
+# (180) s; calls idle_progress, if the script defines it, every 10 s meanwhile. Sets IDLE_UP_S: seconds from the start of the first loader to the last ready file.
+# Knobs: IDLE_INFLIGHT (256 handshakes in flight per loader), IDLE_TIMEOUT (30 s per connect).
+# shellcheck disable=SC2034 # IDLE_* are read by the scripts
+idle_open() {
+    local tag=$1 conns=$2 loaders=$3 first=${4:-10} i p
+    local per=$(((conns + loaders - 1) / loaders))
+    IDLE_TAG=$tag
+    IDLE_PIDS=()
+    rm -f "$OUT/$tag-ready."* "$OUT/$tag-loader."*.json
+    local t0=$EPOCHREALTIME
+    for ((i = 0; i < loaders; i++)); do
+        taskset -c "$LOADER_CPU" "$LOADER" idle "$TARGET_URL" --conns "$per" \
+            --inflight "${IDLE_INFLIGHT:-256}" --timeout "${IDLE_TIMEOUT:-30}" \
+            --sources "127.0.$((first + i)).1-127.0.$((first + i)).${IDLE_SOURCES:-2}" \
+            --ready-file "$OUT/$tag-ready.$i" --json --quiet >"$OUT/$tag-loader.$i.json" &
+        IDLE_PIDS+=($!)
+    done
+    local deadline=$((SECONDS + ${IDLE_DEADLINE:-180})) ready alive next=$((SECONDS + 10))
+    while ((SECONDS < deadline)); do
+        if ((SECONDS >= next)) && declare -F idle_progress >/dev/null; then
+            idle_progress
+            next=$((SECONDS + 10))
+        fi
+        ready=0 alive=0
+        for ((i = 0; i < loaders; i++)); do
+            if [[ -f $OUT/$tag-ready.$i ]]; then ready=$((ready + 1)); fi
+        done
+        ((ready == loaders)) && break
+        for p in "${IDLE_PIDS[@]}"; do
+            if kill -0 "$p" 2>/dev/null; then alive=$((alive + 1)); fi
+        done
+        ((alive + ready >= loaders)) || break
+        sleep 0.2 # poll interval
+    done
+    IDLE_UP_S=$(awk -v a="$t0" -v b="$EPOCHREALTIME" 'BEGIN { printf "%.2f", b - a }')
+}
+
+# idle_close: stops the loaders of idle_open (SIGTERM: each writes its JSON line and exits,
+# which closes its connections) and sums their figures: IDLE_OPENED, IDLE_FAILURES,
+# IDLE_STILL_OPEN, IDLE_CLOSED (closed while held), IDLE_RECEIVED (messages from the server
+# while held), IDLE_LOADER_RSS_KIB; IDLE_FAILURE_DETAIL is the merged failure_detail (needs jq).
+# shellcheck disable=SC2034 # IDLE_* are read by the scripts
+idle_close() {
+    ((${#IDLE_PIDS[@]})) || return 0
+    kill -TERM "${IDLE_PIDS[@]}" 2>/dev/null || true
+    wait "${IDLE_PIDS[@]}" 2>/dev/null || true
+    IDLE_PIDS=()
+    local files=("$OUT/$IDLE_TAG-loader."*.json)
+    IDLE_OPENED=$(idle_sum opened "${files[@]}")
+    IDLE_FAILURES=$(idle_sum failures "${files[@]}")
+    IDLE_STILL_OPEN=$(idle_sum still_open "${files[@]}")
+    IDLE_CLOSED=$(idle_sum closed_while_held "${files[@]}")
+    IDLE_RECEIVED=$(idle_sum messages_received "${files[@]}")
+    IDLE_LOADER_RSS_KIB=$(idle_sum loader_rss_kib "${files[@]}")
+    IDLE_FAILURE_DETAIL=null
+    if command -v jq >/dev/null; then
+        IDLE_FAILURE_DETAIL=$(cat "${files[@]}" | jq -sc '[.[].failure_detail // {} | to_entries[]]
+            | group_by(.key) | map({key: .[0].key, value: (map(.value) | add)})
+            | map(select(.value != 0)) | from_entries' 2>/dev/null) || IDLE_FAILURE_DETAIL=null
+    fi
+}
+
+# idle_sum FIELD FILE...: the sum of the integer FIELD of the loaders' JSON lines.
+idle_sum() {
+    local field=$1
+    shift
+    cat "$@" 2>/dev/null | grep -o "\"$field\":[0-9]*" | awk -F: '{ n += $2 } END { print n + 0 }'
+}
+
+bench_cleanup() {
+    if ((${#IDLE_PIDS[@]})); then kill -TERM "${IDLE_PIDS[@]}" 2>/dev/null || true; fi
+    target_stop
+}
+trap 'bench_cleanup' EXIT
 
 # One compact line per run on stderr.
 show() {

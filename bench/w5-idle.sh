@@ -10,49 +10,18 @@ bench_setup
 # idle_run FILE LABEL CONNS LOADERS: the target is running; opens CONNS connections with
 # LOADERS loader processes, measures, releases them, appends one JSON line to FILE.
 idle_run() {
-    local file=$1 label=$2 conns=$3 loaders=$4 i
-    local per=$(((conns + loaders - 1) / loaders))
-    local rss0 slab0 rss1 slab1 opened=0 failures=0 lpids=()
+    local file=$1 label=$2 conns=$3 loaders=$4
+    local rss0 slab0 rss1 slab1
     rss0=$(tree_rss_kib "$TARGET_PID")
     slab0=$(slab_kib)
-    rm -f "$OUT"/w5-ready.* "$OUT"/w5-loader.*.json
-    for ((i = 0; i < loaders; i++)); do
-        taskset -c "$LOADER_CPU" "$LOADER" idle "$TARGET_URL" --conns "$per" --inflight 256 --timeout 30 \
-            --sources "127.0.$((10 + i)).1-127.0.$((10 + i)).2" \
-            --ready-file "$OUT/w5-ready.$i" --json --quiet >"$OUT/w5-loader.$i.json" &
-        lpids+=($!)
-    done
-    trap 'kill -TERM "${lpids[@]}" 2>/dev/null; target_stop' EXIT
-    local deadline=$((SECONDS + 180)) ready=0
-    while ((SECONDS < deadline)); do
-        ready=0
-        for ((i = 0; i < loaders; i++)); do
-            if [[ -f $OUT/w5-ready.$i ]]; then ready=$((ready + 1)); fi
-        done
-        ((ready == loaders)) && break
-        local alive=0
-        for i in "${lpids[@]}"; do
-            if kill -0 "$i" 2>/dev/null; then alive=$((alive + 1)); fi
-        done
-        ((alive + ready >= loaders)) || break
-        sleep 0.2 # poll interval
-    done
+    idle_open w5 "$conns" "$loaders"
     rss1=$(tree_rss_kib "$TARGET_PID")
     slab1=$(slab_kib)
-    for i in "${lpids[@]}"; do kill -TERM "$i" 2>/dev/null || true; done
-    wait "${lpids[@]}" 2>/dev/null || true
-    trap 'target_stop' EXIT
-    for ((i = 0; i < loaders; i++)); do
-        local f=$OUT/w5-loader.$i.json o fl
-        o=$(grep -o '"opened":[0-9]*' "$f" | head -1 | cut -d: -f2)
-        fl=$(grep -o '"failures":[0-9]*' "$f" | head -1 | cut -d: -f2)
-        opened=$((opened + ${o:-0}))
-        failures=$((failures + ${fl:-0}))
-    done
-    local n=$((opened > 0 ? opened : 1))
+    idle_close
+    local opened=$IDLE_OPENED n=$((IDLE_OPENED > 0 ? IDLE_OPENED : 1))
     local line
     line=$(printf '{"mode":"idle","label":"%s","rep":%s,"url":"%s","conns":%s,"loaders":%s,"opened":%s,"failures":%s,"server_rss_kib_before":%s,"server_rss_kib_after":%s,"server_bytes_per_conn":%s,"kernel_slab_kib_before":%s,"kernel_slab_kib_after":%s,"kernel_slab_bytes_per_conn_both_ends":%s,"server_procs":%s}' \
-        "$label" "$rep" "$TARGET_URL" "$conns" "$loaders" "$opened" "$failures" "$rss0" "$rss1" \
+        "$label" "$rep" "$TARGET_URL" "$conns" "$loaders" "$opened" "$IDLE_FAILURES" "$rss0" "$rss1" \
         "$(((rss1 - rss0) * 1024 / n))" "$slab0" "$slab1" "$(((slab1 - slab0) * 1024 / n))" \
         "$(tree_pids "$TARGET_PID" | wc -l)")
     printf '%s\n' "$line" >>"$file"

@@ -1,6 +1,8 @@
 //! `idle`: open `--conns` connections, say so (stderr, `--ready-file`), hold them for
 //! `--hold` seconds or until SIGINT, and report how many were lost. With `--server-pid`, the
-//! server's RSS and the kernel's slab are read before and after, per connection.
+//! server's RSS and the kernel's slab are read before and after, per connection. Messages
+//! the server sends meanwhile (heartbeat pings) are counted, not answered; websocket ping
+//! frames are answered with a pong by the connection itself.
 
 use std::time::{Duration, Instant};
 
@@ -29,12 +31,14 @@ pub fn run(ctx: &mut Ctx) -> Result<Value, String> {
     // Let the server finish its side of the last handshakes before reading memory.
     let settle = Instant::now() + Duration::from_millis(300);
     let mut closed_while_held = 0u64;
+    // Messages the server sent while the connections were held (a heartbeat's pings).
+    let mut received = 0u64;
     let mut poll = |ctx: &mut Ctx, until: Instant| -> Result<(), String> {
         while Instant::now() < until && !ctx.stopped() {
             ctx.net
                 .poll_once(Some(until), &mut |ev| match ev {
                     Event::Closed { .. } => closed_while_held += 1,
-                    Event::Message { .. } => {}
+                    Event::Message { .. } => received += 1,
                     Event::Open { .. } => {}
                 })
                 .map_err(|e| format!("poll: {e}"))?;
@@ -70,6 +74,7 @@ pub fn run(ctx: &mut Ctx) -> Result<Value, String> {
     out.insert("held_s".into(), json!(run::round3(held_from.elapsed().as_secs_f64())));
     out.insert("closed_while_held".into(), json!(closed_while_held + opened.lost));
     out.insert("still_open".into(), json!(ctx.net.len()));
+    out.insert("messages_received".into(), json!(received));
     out.insert("kernel_slab_kib_before".into(), json!(slab_before));
     out.insert("kernel_slab_kib_after".into(), json!(slab_after));
     out.insert(
