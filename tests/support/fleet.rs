@@ -116,9 +116,11 @@ pub enum Target {
 
 const SETUP: u8 = 0;
 const LOAD: u8 = 1;
-const QUIET: u8 = 2;
-const FINAL: u8 = 3;
-const STOP: u8 = 4;
+/// Not sending for a while (`pause`); the clients stay connected and keep reading.
+const PAUSE: u8 = 2;
+const QUIET: u8 = 3;
+const FINAL: u8 = 4;
+const STOP: u8 = 5;
 
 /// Counters every thread of a fleet updates.
 #[derive(Default)]
@@ -133,6 +135,8 @@ struct Shared {
     push_got: AtomicU64,
     failures: AtomicU64,
     max_rtt_us: AtomicU64,
+    /// The phase each client thread last acted on.
+    seen: Vec<AtomicU8>,
     /// The client_id each client got at its setup.
     ids: Mutex<Vec<Option<String>>>,
     /// The first failures, for the panic message.
@@ -293,6 +297,9 @@ pub struct Report {
     /// Why its connection ended, if it did.
     pub died: Option<String>,
     pub echoes: u64,
+    /// Echoes that came before an earlier one, and echoes not expected (a duplicate).
+    pub echo_reordered: u64,
+    pub echo_unexpected: u64,
     /// Echoes still unanswered at the end.
     pub unanswered: usize,
     pub pushes_sent: Vec<(u64, Target)>,
@@ -406,25 +413,21 @@ impl Client {
     fn take(&mut self, shared: &Shared, m: &str) {
         if let Some(k) = m.strip_prefix('E') {
             let k: u64 = k.parse().unwrap_or(u64::MAX);
-            match self.pending.pop_front() {
-                Some((want, at)) if want == k => {
-                    let rtt = at.elapsed();
-                    self.r.max_rtt = self.r.max_rtt.max(rtt);
-                    shared.max_rtt_us.fetch_max(rtt.as_micros() as u64, Ordering::Relaxed);
-                    self.r.echoes += 1;
-                    shared.echo_got.fetch_add(1, Ordering::Relaxed);
-                }
-                other => {
-                    let want = other.map(|(w, _)| w);
-                    if let Some(o) = other {
-                        self.pending.push_front(o);
-                    }
-                    self.fail(
-                        shared,
-                        format!("echo E{k} out of order or unexpected (next expected: {want:?})"),
-                    );
-                }
+            let Some(pos) = self.pending.iter().position(|(w, _)| *w == k) else {
+                self.r.echo_unexpected += 1;
+                return self.fail(shared, format!("echo E{k} unexpected (a duplicate?)"));
+            };
+            if pos > 0 {
+                self.r.echo_reordered += 1;
+                let first = self.pending[0].0;
+                self.fail(shared, format!("echo E{k} came before E{first}: order not kept"));
             }
+            let (_, at) = self.pending.remove(pos).unwrap();
+            let rtt = at.elapsed();
+            self.r.max_rtt = self.r.max_rtt.max(rtt);
+            shared.max_rtt_us.fetch_max(rtt.as_micros() as u64, Ordering::Relaxed);
+            self.r.echoes += 1;
+            shared.echo_got.fetch_add(1, Ordering::Relaxed);
         } else if let Some(rest) = m.strip_prefix('P') {
             let parsed = rest.split_once('.').and_then(|(s, k)| Some((s.parse().ok()?, k.parse().ok()?)));
             match parsed {
@@ -472,7 +475,7 @@ impl Client {
 }
 
 /// One client thread: connects its clients, sets them up, then runs the phases.
-fn drive(plan: Arc<Plan>, shared: Arc<Shared>, mine: Vec<usize>) -> Vec<Report> {
+fn drive(plan: Arc<Plan>, shared: Arc<Shared>, me: usize, mine: Vec<usize>) -> Vec<Report> {
     let mut poll = Poll::new().unwrap();
     let start = Instant::now();
     let mut clients: Vec<Client> = Vec::new();
@@ -507,6 +510,7 @@ fn drive(plan: Arc<Plan>, shared: Arc<Shared>, mine: Vec<usize>) -> Vec<Report> 
     let mut started_load = false;
     loop {
         let phase = shared.phase();
+        shared.seen[me].store(phase, Ordering::Release);
         if phase == STOP {
             break;
         }
@@ -568,7 +572,15 @@ fn api_pusher(plan: Arc<Plan>, shared: Arc<Shared>, register: u16, every: Durati
         }
     };
     let mut n = 0u64;
-    while shared.phase() == LOAD {
+    loop {
+        match shared.phase() {
+            LOAD => {}
+            PAUSE => {
+                std::thread::sleep(every); // paused: look again later
+                continue;
+            }
+            _ => break,
+        }
         let target = if n.is_multiple_of(2) {
             Target::Group((n as usize / 2) % plan.groups)
         } else {
@@ -619,6 +631,7 @@ impl Fleet {
         let plan = Arc::new(plan);
         let shared = Arc::new(Shared {
             ids: Mutex::new(vec![None; plan.clients]),
+            seen: (0..plan.drivers).map(|_| AtomicU8::new(SETUP)).collect(),
             started: Some(Instant::now()),
             ..Shared::default()
         });
@@ -626,7 +639,7 @@ impl Fleet {
             .map(|d| {
                 let mine: Vec<usize> = (0..plan.clients).filter(|i| i % plan.drivers == d).collect();
                 let (plan, shared) = (Arc::clone(&plan), Arc::clone(&shared));
-                std::thread::spawn(move || drive(plan, shared, mine))
+                std::thread::spawn(move || drive(plan, shared, d, mine))
             })
             .collect();
         let f = Fleet { plan, shared, drivers, api: None };
@@ -666,6 +679,32 @@ impl Fleet {
         }
     }
 
+    /// Everything sent so far has arrived.
+    fn settled(&self) -> bool {
+        let s = &self.shared;
+        s.echo_got.load(Ordering::Relaxed) >= s.echo_sent.load(Ordering::Relaxed)
+            && s.push_got.load(Ordering::Relaxed) >= s.push_expected.load(Ordering::Relaxed)
+    }
+
+    /// Stop sending (the `GatewayClient` too) and wait until everything sent has arrived;
+    /// the clients stay connected. `resume` goes on.
+    pub fn pause(&self) {
+        self.shared.phase.store(PAUSE, Ordering::Release);
+        wait_until(
+            "the client threads paused and everything sent delivered",
+            Duration::from_secs(30),
+            || {
+                self.check_alive();
+                let paused = self.shared.seen.iter().all(|p| p.load(Ordering::Acquire) == PAUSE);
+                (paused && self.settled()).then_some(())
+            },
+        );
+    }
+
+    pub fn resume(&self) {
+        self.shared.phase.store(LOAD, Ordering::Release);
+    }
+
     pub fn echoes(&self) -> u64 {
         self.shared.echo_got.load(Ordering::Relaxed)
     }
@@ -686,16 +725,14 @@ impl Fleet {
 
     /// Stop sending, let every reply and push arrive (up to `drain`), ask each client's
     /// client_id once more, and account.
-    pub fn finish(self, drain: Duration) -> Outcome {
-        let s = &self.shared;
+    pub fn finish(mut self, drain: Duration) -> Outcome {
+        let shared = Arc::clone(&self.shared);
+        let s = &shared;
         s.phase.store(QUIET, Ordering::Release);
-        let api = self.api.map(|t| t.join().expect("the GatewayClient thread panicked")).unwrap_or_default();
-        let settled = || {
-            s.echo_got.load(Ordering::Relaxed) >= s.echo_sent.load(Ordering::Relaxed)
-                && s.push_got.load(Ordering::Relaxed) >= s.push_expected.load(Ordering::Relaxed)
-        };
+        let api = self.api.take().map(|t| t.join().expect("the GatewayClient thread panicked"));
+        let api = api.unwrap_or_default();
         let until = Instant::now() + drain;
-        while !settled() && Instant::now() < until {
+        while !self.settled() && Instant::now() < until {
             std::thread::sleep(Duration::from_millis(10));
         }
         s.phase.store(FINAL, Ordering::Release);
@@ -786,6 +823,8 @@ impl Outcome {
         };
         for r in &reports {
             o.echoes += r.echoes;
+            o.out_of_order += r.echo_reordered;
+            o.duplicated += r.echo_unexpected;
             if r.died.is_some() {
                 o.closed += 1;
             }
