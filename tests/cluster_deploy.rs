@@ -9,10 +9,12 @@
 //! installation directory.
 //!
 //! A first deploy starts the cluster; a second deploy ships a build whose echo answers
-//! `v2:...` (`examples/reload_v2.rs`) and reloads: every worker machine runs it, clients
-//! connected before stay connected and a steady load loses nothing, each host's `.env`
-//! keeps its own keys. A deploy whose conf is bad on the master machine stops there with the
-//! worker machines untouched; a rollback serves the previous release again.
+//! `v2:...` (`examples/reload_v2.rs`) and, the binary being another one, upgrades: every
+//! process of every host runs it (each master keeps its pid), clients connected before stay
+//! connected and a steady load loses nothing, each host's `.env` keeps its own keys. A deploy
+//! whose conf is bad on the master machine stops there with the worker machines untouched; a
+//! rollback serves the previous release again (upgrading back); a release with the running
+//! binary (only conf/ or web/ changed) is reloaded.
 
 mod cluster;
 mod netns;
@@ -29,7 +31,7 @@ use cluster::{BIN, Ws};
 use gatewayworker::internals::stats::{Role, Shm, State, table};
 use netns::{Conf, Host, Net, wait_until};
 
-const TEST: &str = "ansible_deploy_ships_builds_reloads_stops_at_a_failing_host_and_rolls_back";
+const TEST: &str = "ansible_deploy_ships_builds_upgrades_stops_at_a_failing_host_and_rolls_back";
 /// A host's own `.env` before the first deploy: the deploy writes its keys and keeps these.
 const OWN_ENV: &str = "GW_SECRET_KEY=deploy-test-secret\n# this host's own settings\nMY_OWN_KEY=kept\n";
 /// What a release directory holds.
@@ -259,6 +261,29 @@ fn exe(pid: u32) -> PathBuf {
     std::fs::read_link(format!("/proc/{pid}/exe")).unwrap()
 }
 
+/// Every process of the installation in `gw_root` (its master included) runs release
+/// `release`, once `n` of `role` are ready; the master's pid is `master`.
+fn assert_runs(gw_root: &Path, role: Role, n: usize, release: &str, master: u32) {
+    wait_ready(gw_root, role, n);
+    let bin = gw_root.join("releases").join(release).join("gatewayworker");
+    // The processes the release replaced exit once their work is handed over.
+    let s = wait_until(
+        &format!("every process of {} on {release}", gw_root.display()),
+        Duration::from_secs(30),
+        || {
+            let s = snapshot(gw_root)?;
+            s.rows.iter().all(|r| exe(r.pid) == bin).then_some(s)
+        },
+    );
+    assert_eq!(s.master_pid, master, "the master of {} keeps its pid", gw_root.display());
+    assert!(s.rows.iter().any(|r| r.pid == master && r.role == Role::Master), "{:?}", s.rows);
+}
+
+/// The master's pid of the installation in `gw_root`.
+fn master_pid(gw_root: &Path) -> u32 {
+    snapshot(gw_root).expect("a running installation").master_pid
+}
+
 /// The release `current` points at.
 fn current(gw_root: &Path) -> String {
     let link = std::fs::read_link(gw_root.join("current")).unwrap();
@@ -325,7 +350,7 @@ fn echo(c: &mut Ws, msg: &str) -> String {
 }
 
 #[test]
-fn ansible_deploy_ships_builds_reloads_stops_at_a_failing_host_and_rolls_back() {
+fn ansible_deploy_ships_builds_upgrades_stops_at_a_failing_host_and_rolls_back() {
     let needs = ["/usr/sbin/sshd", "ssh", "ssh-keygen", "unshare", "mount", "ansible-playbook"];
     if netns::skipped(TEST, &needs) {
         return;
@@ -386,6 +411,7 @@ fn ansible_deploy_ships_builds_reloads_stops_at_a_failing_host_and_rolls_back() 
     assert!(out.rfind("[m]").unwrap() < first_worker, "master machine first:\n{out}");
     let gateways = wait_ready(&roots[0], Role::Gateway, 1);
     let old: Vec<Vec<u32>> = roots[1..].iter().map(|r| wait_ready(r, Role::Worker, 2)).collect();
+    let masters: Vec<u32> = roots.iter().map(|r| master_pid(r)).collect();
 
     // Clients of the old code, and a steady echo load through the deploy and the rollback.
     let ws = hosts[0].addr(Conf::WS_PORT);
@@ -395,9 +421,17 @@ fn ansible_deploy_ships_builds_reloads_stops_at_a_failing_host_and_rolls_back() 
     }
     let load = Load::start((0..4).map(|_| Ws::connect_to(ws, "/")).collect());
 
-    // Second deploy: the v2 build, shipped as a given artifact, reloaded on every host.
-    d.deploy(&r2, "r2");
-    assert_eq!(wait_ready(&roots[0], Role::Gateway, 1), gateways, "the gateway was not restarted");
+    // Second deploy: the v2 build, shipped as a given artifact: another binary, so every
+    // host is upgraded.
+    let out = d.deploy(&r2, "r2");
+    assert_eq!(
+        out.matches("Update the running cluster (upgrade)").count(),
+        3,
+        "upgrade on every host:\n{out}"
+    );
+    let handed_over = wait_ready(&roots[0], Role::Gateway, 1);
+    assert_ne!(handed_over, gateways, "the gateway was replaced");
+    assert_runs(&roots[0], Role::Gateway, 1, "r2", masters[0]);
     for (i, gw_root) in roots.iter().enumerate() {
         assert_eq!(current(gw_root), "r2");
         assert_eq!(listing(&gw_root.join("releases/r2")), RELEASE, "release dir of {}", hosts[i].name);
@@ -413,9 +447,7 @@ fn ansible_deploy_ships_builds_reloads_stops_at_a_failing_host_and_rolls_back() 
     for (i, gw_root) in roots[1..].iter().enumerate() {
         let new = wait_ready(gw_root, Role::Worker, 2);
         assert!(new.iter().all(|p| !old[i].contains(p)), "workers replaced: {old:?} -> {new:?}");
-        for pid in new {
-            assert_eq!(exe(pid), gw_root.join("releases/r2/gatewayworker"), "worker {pid} runs the v2 build");
-        }
+        assert_runs(gw_root, Role::Worker, 2, "r2", masters[i + 1]);
     }
     for (i, c) in clients.iter_mut().enumerate() {
         assert_eq!(echo(c, &format!("after {i}")), format!("v2:after {i}"), "client connected before");
@@ -450,16 +482,36 @@ fn ansible_deploy_ships_builds_reloads_stops_at_a_failing_host_and_rolls_back() 
     let (ok, out, took) = d.run(true, &[], "rollback.log");
     assert!(ok, "rollback failed:\n{out}");
     eprintln!("rollback took {took:?}");
+    let upgrades = out.matches("Update the running cluster (upgrade)").count();
+    assert_eq!(upgrades, 3, "upgrade back on every host:\n{out}");
     for gw_root in &roots {
         assert_eq!(current(gw_root), "r1");
     }
-    for gw_root in &roots[1..] {
-        for pid in wait_ready(gw_root, Role::Worker, 2) {
-            assert_eq!(exe(pid), gw_root.join("releases/r1/gatewayworker"), "worker {pid} runs r1");
-        }
+    assert_runs(&roots[0], Role::Gateway, 1, "r1", masters[0]);
+    for (gw_root, master) in roots[1..].iter().zip(&masters[1..]) {
+        assert_runs(gw_root, Role::Worker, 2, "r1", *master);
     }
     for (i, c) in clients.iter_mut().chain([&mut newcomer]).enumerate() {
         assert_eq!(echo(c, &format!("back {i}")), format!("back {i}"), "client {i} served by r1");
+    }
+
+    // A release with the running binary (a change to conf/ or web/ only) is reloaded: the
+    // gateway keeps running, the business workers restart.
+    let gateways = wait_ready(&roots[0], Role::Gateway, 1);
+    let workers: Vec<Vec<u32>> = roots[1..].iter().map(|r| wait_ready(r, Role::Worker, 2)).collect();
+    let out = d.deploy(&r1, "r4");
+    assert_eq!(out.matches("Update the running cluster (reload)").count(), 3, "reload on every host:\n{out}");
+    assert_eq!(wait_ready(&roots[0], Role::Gateway, 1), gateways, "the gateway was not restarted");
+    for (i, gw_root) in roots[1..].iter().enumerate() {
+        let new = wait_ready(gw_root, Role::Worker, 2);
+        assert!(new.iter().all(|p| !workers[i].contains(p)), "workers replaced: {workers:?} -> {new:?}");
+        for pid in new {
+            assert_eq!(exe(pid), gw_root.join("releases/r4/gatewayworker"), "worker {pid} runs r4");
+        }
+        assert_eq!(master_pid(gw_root), masters[i + 1]);
+    }
+    for (i, c) in clients.iter_mut().enumerate() {
+        assert_eq!(echo(c, &format!("r4 {i}")), format!("r4 {i}"), "client {i} served by r4");
     }
     let (sent, v2_replies) = load.finish();
     assert!(sent > 0 && v2_replies > 0, "load: {sent} sent, {v2_replies} answered by the v2 code");
