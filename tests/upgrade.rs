@@ -26,8 +26,13 @@ use gatewayworker::app::probe::{from_json, to_json};
 use serde_json::Value as Json;
 use tungstenite::Message;
 
-/// The 1,000-client test and the wss test, whose spread is timed, do not share the CPU.
+/// One test of this file at a time: the 1,000-client test loads both cores of a small
+/// machine, and the wss test times the spread of its closes to a tenth of a 3 s window.
 static CPU: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn one_at_a_time() -> std::sync::MutexGuard<'static, ()> {
+    CPU.lock().unwrap_or_else(|e| e.into_inner())
+}
 
 fn text(o: &Output) -> String {
     format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
@@ -255,7 +260,7 @@ fn assert_seen(what: &str, got: &Seen, want: &Seen) {
 #[test]
 fn upgrade_under_load_keeps_every_client_and_message() {
     const CLIENTS: usize = 1000;
-    let _cpu = CPU.lock().unwrap_or_else(|e| e.into_inner());
+    let _cpu = one_at_a_time();
     raise_nofile(4 * CLIENTS as u64 + 1024);
     let v2 = v2_binary();
     let inst = Install::new("load");
@@ -380,7 +385,7 @@ fn wss_client(port: u16, n: usize, ready: Arc<AtomicUsize>) -> Result<WssRun, St
 /// a tenth of them in any tenth of it), and connects again to the new gateway.
 #[test]
 fn wss_clients_get_1012_spread_over_the_drain_and_reconnect() {
-    let _cpu = CPU.lock().unwrap_or_else(|e| e.into_inner());
+    let _cpu = one_at_a_time();
     let v2 = v2_binary();
     let inst = Install::new("wss");
     let mut spec = Spec::new("echo", 1, vec![Gw::new("wss", 1)]);
@@ -428,14 +433,20 @@ fn wss_clients_get_1012_spread_over_the_drain_and_reconnect() {
         assert!(r.echoed > 0);
     }
     assert!(*at.last().unwrap() <= drain + slack, "closes after the drain: {at:?}");
-    // Spread: any tenth of the drain holds at most a tenth of the clients (plus one, for a
-    // close on the edge of a window).
+    // Spread: any tenth of the drain holds at most a tenth of the clients, plus two: one for
+    // a close on the edge of a window, one for a close delivered up to one interval late (the
+    // replacement of the business workers starts at the same time, on a small machine) that
+    // meets the next; and the closes cover most of the drain (not squeezed into part of it).
     let tenth = drain / 10;
-    let most = WSS_CLIENTS.div_ceil(10) + 1;
+    let most = WSS_CLIENTS.div_ceil(10) + 2;
+    let busiest = (0..at.len()).map(|i| at[i..].iter().take_while(|u| **u < at[i] + tenth).count()).max();
+    eprintln!("at most {} closes in any {tenth:?}", busiest.unwrap_or(0));
     for (i, t) in at.iter().enumerate() {
         let within = at[i..].iter().take_while(|u| **u < *t + tenth).count();
         assert!(within <= most, "{within} closes within {tenth:?} from {t:?} (at most {most}): {at:?}");
     }
+    let span = *at.last().unwrap() - at[0];
+    assert!(span >= drain * 8 / 10, "the closes span {span:?} of the {drain:?} drain: {at:?}");
     // The old gateway exits with its last wss client; everything runs v2.
     let now = wait_replaced(&c, &before);
     assert_all_run(&now, &inst.path, master);
@@ -488,6 +499,7 @@ fn assert_still_serving(c: &Cluster, fleet: &Fleet, old: &[(String, u32)], roles
 /// reason, and the old processes go on serving every client with nothing lost.
 #[test]
 fn refused_upgrades_leave_the_old_version_serving() {
+    let _cpu = one_at_a_time();
     let inst = Install::new("refused");
     let c = fault_cluster(&inst);
     let fleet = small_fleet(&c, 60);
@@ -573,6 +585,7 @@ fn v2_with_fault(dir: &Path, fault: Option<&str>, real: &Path) -> String {
 /// and why (`reason`), the old gateways serve on with nothing lost, and an upgrade without
 /// the fault then goes through.
 fn handover_fault(name: &str, fault: &str, reason: &[&str]) {
+    let _cpu = one_at_a_time();
     let inst = Install::new(name);
     let c = fault_cluster(&inst);
     let fleet = small_fleet(&c, 60);
