@@ -57,6 +57,6 @@ pub mod internals {
     }
     /// GatewayProtocol packets, register lines, the PHP value formats.
     pub mod wire {
-        pub use crate::wire::{packet, php, register};
+        pub use crate::wire::{membership, packet, php, register};
     }
 }

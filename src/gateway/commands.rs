@@ -58,16 +58,23 @@ impl Gateway {
             }
             cmd::UPDATE_SESSION => self.update_session(id, p.ext),
             cmd::SET_SESSION => self.set_session(id, p.ext),
-            cmd::BIND_UID => self.bind_uid(id, p.ext),
+            cmd::BIND_UID => {
+                self.count_membership_command(from);
+                self.bind_uid(id, p.ext);
+            }
             cmd::UNBIND_UID => self.unbind_uid(id),
             cmd::SEND_TO_UID => self.send_to_uid(p),
-            cmd::JOIN_GROUP => self.join_group(id, p.ext),
+            cmd::JOIN_GROUP => {
+                self.count_membership_command(from);
+                self.join_group(id, p.ext);
+            }
             cmd::LEAVE_GROUP => self.leave_group(id, p.ext),
             cmd::SEND_TO_GROUP => self.send_to_group(p),
             cmd::UNGROUP => self.ungroup(p.ext),
             cmd::WORKER_CONNECT => self.worker_connect(from, p.body),
             cmd::GATEWAY_CLIENT_CONNECT => self.gateway_client_connect(from, p.body),
             cmd::WORKER_DRAIN => self.worker_drain(from),
+            cmd::MEMBERSHIP_SUBSCRIBE => self.subscribe(from, p.ext),
             cmd::PING => {}
             q if cmd::is_query(q) => {
                 let reply = queries::answer(&self.clients, &self.index, p);
@@ -82,6 +89,8 @@ impl Gateway {
                 Slot::bump(&self.stats.slot().bad_input);
             }
         }
+        // A name that appeared or disappeared is told before anything else is queued.
+        self.publish_membership();
     }
 
     fn send_one(&mut self, key: usize, msg: &Message<'_>, flags: u8) {

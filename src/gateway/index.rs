@@ -62,26 +62,29 @@ pub struct Index {
 }
 
 impl Index {
-    /// Add `id` to `name`; false if it was already there.
-    pub fn add(&mut self, name: &[u8], id: u32) -> bool {
+    /// Add `id` to `name`: the number of members after, `None` if it was already there (so
+    /// `Some(1)`: the name appeared).
+    pub fn add(&mut self, name: &[u8], id: u32) -> Option<usize> {
         self.seq += 1;
         let seq = self.seq;
         let m = self.map.entry(name.into()).or_insert_with(|| Members { seq, joined: IdMap::default() });
         if m.joined.contains_key(&id) {
-            return false;
+            return None;
         }
         m.joined.insert(id, seq);
-        true
+        Some(m.joined.len())
     }
 
-    /// Remove `id` from `name`, dropping `name` when it becomes empty.
-    pub fn remove(&mut self, name: &[u8], id: u32) -> bool {
-        let Some(m) = self.map.get_mut(name) else { return false };
-        let removed = m.joined.remove(&id).is_some();
-        if m.joined.is_empty() {
+    /// Remove `id` from `name`, dropping `name` when it becomes empty: the number of members
+    /// left, `None` if it was not there (so `Some(0)`: the name disappeared).
+    pub fn remove(&mut self, name: &[u8], id: u32) -> Option<usize> {
+        let m = self.map.get_mut(name)?;
+        m.joined.remove(&id)?;
+        let left = m.joined.len();
+        if left == 0 {
             self.map.remove(name);
         }
-        removed
+        Some(left)
     }
 
     /// Drop `name` entirely, returning its members.
@@ -91,6 +94,11 @@ impl Index {
 
     pub fn get(&self, name: &[u8]) -> Option<&Members> {
         self.map.get(name)
+    }
+
+    /// Names in no particular order.
+    pub fn keys(&self) -> impl Iterator<Item = &[u8]> + '_ {
+        self.map.keys().map(|k| &k[..])
     }
 
     /// Names in creation order.
@@ -108,13 +116,14 @@ mod tests {
     #[test]
     fn keeps_php_order_and_drops_empty_entries() {
         let mut g = Index::default();
-        assert!(g.add(b"g1", 2));
-        assert!(g.add(b"42", 1));
-        assert!(g.add(b"g1", 1));
-        assert!(!g.add(b"g1", 1));
+        assert_eq!(g.add(b"g1", 2), Some(1));
+        assert_eq!(g.add(b"42", 1), Some(1));
+        assert_eq!(g.add(b"g1", 1), Some(2));
+        assert_eq!(g.add(b"g1", 1), None);
         assert_eq!(g.names(), vec![&b"g1"[..], &b"42"[..]]);
         assert_eq!(g.get(b"g1").unwrap().ordered(), vec![2, 1]);
-        assert!(g.remove(b"42", 1));
+        assert_eq!(g.remove(b"42", 1), Some(0));
+        assert_eq!(g.remove(b"42", 1), None);
         assert!(g.get(b"42").is_none());
         assert_eq!(g.names().len(), 1);
         let m = g.take(b"g1").unwrap();

@@ -40,6 +40,9 @@ pub struct Inner {
     /// written (`conn.bytes_written` = everything before it was written); `None` when lost
     /// track. What follows it can move to a newer link of the same worker.
     whole_from: Option<u64>,
+    /// Subscribed to membership notifications (`wire::membership`): the number of
+    /// `BIND_UID` and `JOIN_GROUP` commands executed from this link since it subscribed.
+    pub membership: Option<u32>,
 }
 
 impl Owned for Inner {
@@ -119,6 +122,7 @@ impl Links {
             authorized,
             flow: LinkFlow::default(),
             whole_from: Some(0),
+            membership: None,
         };
         self.table.insert(reg, inner)
     }
@@ -142,6 +146,7 @@ impl Links {
             authorized: s.authorized,
             flow: LinkFlow::default(),
             whole_from: s.whole_from,
+            membership: s.membership,
         };
         let key = self.table.insert(reg, inner)?;
         self.table.mark_dirty(key);
@@ -164,6 +169,7 @@ impl Links {
             bytes_read: i.conn.bytes_read,
             bytes_written: i.conn.bytes_written,
             whole_from: i.whole_from,
+            membership: i.membership,
         })
     }
 

@@ -23,6 +23,7 @@ mod index;
 mod inner;
 mod limits;
 mod links;
+mod membership;
 mod pause;
 mod queries;
 mod relay;

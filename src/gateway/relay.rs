@@ -162,6 +162,7 @@ impl Gateway {
         let Some(mut c) = self.clients.remove(cx.registry, key) else { return };
         c.release();
         self.index.forget(&mut c);
+        self.publish_membership();
         if let Some(r) = c.route {
             self.router.unbind(r);
         }

@@ -1,6 +1,7 @@
 //! Everything two processes must agree on: GatewayProtocol packets, register JSON lines,
 //! PHP-serialized values.
 
+pub mod membership;
 pub mod packet;
 pub mod php;
 pub mod register;

@@ -46,6 +46,13 @@ pub mod cmd {
     /// Ours, never sent by GatewayWorker: a draining business worker asks the gateway to stop
     /// routing new events to it (graceful reload). A PHP gateway logs and ignores it.
     pub const WORKER_DRAIN: u8 = 210;
+    /// Ours: a business worker or GatewayClient asks to be told which uids and groups the
+    /// gateway holds (`wire::membership`); ext_data is a token echoed in the snapshot. A PHP
+    /// gateway logs and ignores it.
+    pub const MEMBERSHIP_SUBSCRIBE: u8 = 211;
+    /// Ours: gateway to a subscribed link only: a snapshot of its uids and groups, then the
+    /// names that appear or disappear (`wire::membership`).
+    pub const MEMBERSHIP: u8 = 212;
 
     /// Commands the gateway answers with `u32_be(len) ‖ payload` (`docs/protocol.md` §4).
     pub fn is_query(c: u8) -> bool {

@@ -8,7 +8,7 @@ use std::fmt;
 use crate::gateway::inner::Kind;
 
 /// The format written and read by this build.
-pub const VERSION: u32 = 1;
+pub const VERSION: u32 = 2;
 
 /// The first record: the process-wide state.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -40,6 +40,9 @@ pub struct LinkState {
     pub bytes_read: u64,
     pub bytes_written: u64,
     pub whole_from: Option<u64>,
+    /// Subscribed to membership notifications: `BIND_UID` and `JOIN_GROUP` commands executed
+    /// from it since.
+    pub membership: Option<u32>,
 }
 
 /// A client's protocol state.
@@ -218,6 +221,7 @@ impl Record {
                 };
                 w.bool(l.authorized).bool(l.unix).bytes(&l.inbuf).bytes(&l.out).bool(l.closing);
                 w.u64(l.bytes_read).u64(l.bytes_written).opt_u64(l.whole_from);
+                w.opt_u64(l.membership.map(u64::from));
             }
             Record::Client(c) => {
                 w.u8(CLIENT).u32(c.id).u32(c.ip).u16(c.port);
@@ -281,6 +285,7 @@ impl Record {
                 bytes_read: r.u64("link bytes read")?,
                 bytes_written: r.u64("link bytes written")?,
                 whole_from: r.opt_u64("whole packet position")?,
+                membership: r.opt_u64("membership subscription")?.map(|n| n as u32),
             }),
             CLIENT => Record::Client(ClientState {
                 id: r.u32("connection id")?,
@@ -367,6 +372,7 @@ mod tests {
                 bytes_read: 1,
                 bytes_written: 2,
                 whole_from: None,
+                membership: Some(7),
             }),
             Record::Link(LinkState {
                 key: 4,
@@ -381,6 +387,7 @@ mod tests {
                 bytes_read: 0,
                 bytes_written: 0,
                 whole_from: Some(77),
+                membership: None,
             }),
             Record::Client(client.clone()),
             Record::Client(ClientState {

@@ -6,6 +6,7 @@
 mod commands;
 mod flow;
 mod handover;
+mod membership;
 mod queries;
 mod relay;
 
