@@ -1,6 +1,9 @@
 //! `GatewayClient`: the Gateway API for programs outside the cluster's processes (a web
 //! backend pushing to clients). Blocking: it asks a register for the gateway addresses
-//! (cached for a second, registers tried in order) and talks to the gateways' inner ports.
+//! (cached for a second, registers tried in order) and talks to the gateways' inner ports,
+//! on connections it keeps. On each it subscribes to the gateway's membership
+//! notifications, so that a send or query about uids or groups goes only to the gateways
+//! that may hold them (`docs/protocol.md` §7).
 
 use std::io::{BufRead, BufReader, Write};
 use std::net::{SocketAddr, SocketAddrV4, TcpStream, ToSocketAddrs};
@@ -8,6 +11,7 @@ use std::ops::{Deref, DerefMut};
 use std::time::{Duration, Instant};
 
 use super::gateway::Api;
+use super::membership::Names;
 use super::transport::{ApiError, Pkt, QueryPool, Transport};
 use crate::wire::register::{parse_broadcast, worker_connect};
 
@@ -102,6 +106,15 @@ impl Transport for ClientTransport {
         Ok(list)
     }
 
+    /// The gateways whose cached connection says they may hold one of `names`, after
+    /// applying every notification that arrived (without waiting); every gateway without a
+    /// cached connection, or whose snapshot has not arrived.
+    fn gateways_for(&mut self, names: Names<'_>) -> Result<Vec<SocketAddrV4>, ApiError> {
+        let all = self.gateways()?;
+        self.pool.drain_all();
+        Ok(all.into_iter().filter(|gw| self.pool.may_hold(*gw, names)).collect())
+    }
+
     fn send(&mut self, gw: SocketAddrV4, p: Pkt<'_>) -> Result<(), ApiError> {
         self.pool.send(gw, p)
     }
@@ -137,7 +150,7 @@ impl GatewayClient {
                 timeout,
                 cache: None,
                 listed: Vec::new(),
-                pool: QueryPool::new(secret, timeout, None),
+                pool: QueryPool::new(secret, timeout, None).subscribing(),
             }),
         })
     }
@@ -146,7 +159,7 @@ impl GatewayClient {
     pub fn set_timeout(&mut self, t: Duration) {
         let secret = self.api.t.secret.clone();
         self.api.t.timeout = t;
-        self.api.t.pool = QueryPool::new(&secret, t, None);
+        self.api.t.pool = QueryPool::new(&secret, t, None).subscribing();
     }
 }
 

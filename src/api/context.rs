@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use super::client_id::ClientId;
 use super::gateway::{Api, SendOpts, ToClientId};
+use super::membership::Names;
 use super::transport::{ApiError, Pkt, QueryPool, Transport};
 use crate::wire::php::{self, Array};
 
@@ -16,6 +17,9 @@ use crate::wire::php::{self, Array};
 pub trait Links {
     /// Gateways this worker is linked to.
     fn addresses(&self) -> Vec<SocketAddrV4>;
+    /// Of those, the gateways that may hold a client with one of `names`, by what each
+    /// gateway told this worker on its link and what this worker bound and joined there.
+    fn holders(&self, names: Names<'_>) -> Vec<SocketAddrV4>;
     /// Queue a packet on the link to `gw` (written at the end of the loop turn).
     fn queue(&mut self, gw: SocketAddrV4, p: Pkt<'_>) -> Result<(), ApiError>;
     /// Write what is queued for `gws` now, so a query sees the effect of earlier sends.
@@ -31,6 +35,10 @@ pub struct WorkerTransport<'a> {
 impl Transport for WorkerTransport<'_> {
     fn gateways(&mut self) -> Result<Vec<SocketAddrV4>, ApiError> {
         Ok(self.links.addresses())
+    }
+
+    fn gateways_for(&mut self, names: Names<'_>) -> Result<Vec<SocketAddrV4>, ApiError> {
+        Ok(self.links.holders(names))
     }
 
     fn send(&mut self, gw: SocketAddrV4, p: Pkt<'_>) -> Result<(), ApiError> {

@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 use std::net::SocketAddrV4;
 
 use super::client_id::ClientId;
+use super::membership::Names;
 use super::transport::{ApiError, Pkt, Transport};
 use crate::wire::packet::{cmd, flag};
 use crate::wire::php::{self, Array, Key, Value};
@@ -185,7 +186,10 @@ impl<T: Transport> Api<T> {
     ) -> Result<(), ApiError> {
         let list = name_list(uids);
         let p = Pkt::new(cmd::SEND_TO_UID, 0, opts.flag(), list.as_bytes(), msg.as_ref());
-        self.send_to_all_gateways(p)
+        for gw in self.t.gateways_for(Names::Uids(uids))? {
+            let _ = self.t.send(gw, p);
+        }
+        Ok(())
     }
 
     /// Send to the members of `groups` except `exclude` (a client in two listed groups gets
@@ -209,7 +213,7 @@ impl<T: Transport> Api<T> {
             non_empty(g, "group")?;
         }
         let list = name_list(groups);
-        for gw in self.t.gateways()? {
+        for gw in self.t.gateways_for(Names::Groups(groups))? {
             let ids: Vec<u32> =
                 exclude.iter().filter(|id| id.gateway() == gw).map(|id| id.connection_id).collect();
             let ex = if ids.is_empty() { "null".to_string() } else { id_map(&ids) };
@@ -298,25 +302,28 @@ impl<T: Transport> Api<T> {
 
     /// Every client's session (`getAllClientSessions`).
     pub fn get_all_client_sessions(&mut self) -> Result<Vec<(ClientId, Array)>, ApiError> {
-        self.sessions(Pkt::new(cmd::GET_ALL_CLIENT_SESSIONS, 0, flag::BODY_IS_SCALAR, b"", b""))
+        let gws = self.t.gateways()?;
+        self.sessions_on(&gws, Pkt::new(cmd::GET_ALL_CLIENT_SESSIONS, 0, flag::BODY_IS_SCALAR, b"", b""))
     }
 
     /// Sessions of the clients of `group`, by client id.
     pub fn get_client_sessions_by_group(&mut self, group: &str) -> Result<Vec<(ClientId, Array)>, ApiError> {
-        self.sessions(Pkt::new(
-            cmd::GET_CLIENT_SESSIONS_BY_GROUP,
-            0,
-            flag::BODY_IS_SCALAR,
-            group.as_bytes(),
-            b"",
-        ))
+        let p = Pkt::new(cmd::GET_CLIENT_SESSIONS_BY_GROUP, 0, flag::BODY_IS_SCALAR, group.as_bytes(), b"");
+        let gws = self.t.gateways_for(Names::Groups(&[group]))?;
+        self.sessions_on(&gws, p)
     }
 
     /// Number of clients in `group`.
     pub fn get_client_count_by_group(&mut self, group: &str) -> Result<usize, ApiError> {
         let p = Pkt::new(cmd::GET_CLIENT_COUNT_BY_GROUP, 0, flag::BODY_IS_SCALAR, group.as_bytes(), b"");
+        // An empty group counts every client of every gateway.
+        let gws = if group.is_empty() {
+            self.t.gateways()?
+        } else {
+            self.t.gateways_for(Names::Groups(&[group]))?
+        };
         let mut n = 0;
-        for (gw, reply) in self.fan_out(p)? {
+        for (gw, reply) in self.t.query(&gws, p) {
             n += unserialize(gw, &reply)?.as_int().unwrap_or(0).max(0) as usize;
         }
         Ok(n)
@@ -330,8 +337,9 @@ impl<T: Transport> Api<T> {
     /// Client ids bound to `uid`.
     pub fn get_client_id_by_uid(&mut self, uid: &str) -> Result<Vec<ClientId>, ApiError> {
         let p = Pkt::new(cmd::GET_CLIENT_ID_BY_UID, 0, flag::BODY_IS_SCALAR, uid.as_bytes(), b"");
+        let gws = self.t.gateways_for(Names::Uids(&[uid]))?;
         let mut out = Vec::new();
-        for (gw, reply) in self.fan_out(p)? {
+        for (gw, reply) in self.t.query(&gws, p) {
             if let Value::Array(a) = unserialize(gw, &reply)? {
                 out.extend(a.iter().filter_map(|(_, v)| v.as_int()).map(|c| client_id(gw, c)));
             }
@@ -447,7 +455,8 @@ impl<T: Transport> Api<T> {
         let p = Pkt::new(cmd::BATCH_GET_CLIENT_ID_BY_UID, 0, flag::BODY_IS_SCALAR, list.as_bytes(), b"");
         let mut out: Vec<(String, Vec<ClientId>)> =
             uids.iter().map(|u| (u.to_string(), Vec::new())).collect();
-        for (gw, reply) in self.fan_out(p)? {
+        let gws = self.t.gateways_for(Names::Uids(uids))?;
+        for (gw, reply) in self.t.query(&gws, p) {
             let Value::Array(a) = unserialize(gw, &reply)? else { continue };
             for (k, v) in a.iter() {
                 let uid = key_text(k);
@@ -474,7 +483,8 @@ impl<T: Transport> Api<T> {
         let list = name_list(groups);
         let p = Pkt::new(cmd::BATCH_GET_CLIENT_COUNT_BY_GROUP, 0, flag::BODY_IS_SCALAR, list.as_bytes(), b"");
         let mut out: Vec<(String, usize)> = groups.iter().map(|g| (g.to_string(), 0)).collect();
-        for (gw, reply) in self.fan_out(p)? {
+        let gws = self.t.gateways_for(Names::Groups(groups))?;
+        for (gw, reply) in self.t.query(&gws, p) {
             let Value::Array(a) = unserialize(gw, &reply)? else { continue };
             for (k, v) in a.iter() {
                 let g = key_text(k);
@@ -525,9 +535,9 @@ impl<T: Transport> Api<T> {
         Ok(self.t.query(&gws, p))
     }
 
-    fn sessions(&mut self, p: Pkt<'_>) -> Result<Vec<(ClientId, Array)>, ApiError> {
+    fn sessions_on(&mut self, gws: &[SocketAddrV4], p: Pkt<'_>) -> Result<Vec<(ClientId, Array)>, ApiError> {
         let mut out = Vec::new();
-        for (gw, reply) in self.fan_out(p)? {
+        for (gw, reply) in self.t.query(gws, p) {
             let Value::Array(a) = unserialize(gw, &reply)? else { continue };
             for (k, v) in a.iter() {
                 let Key::Int(conn) = k else { continue };
@@ -549,7 +559,10 @@ impl<T: Transport> Api<T> {
             None => format!("{{\"fields\":{fields},\"where\":[]}}"),
         };
         let p = Pkt::new(cmd::SELECT, 0, flag::BODY_IS_SCALAR, ext.as_bytes(), b"");
-        let gws = self.t.gateways()?;
+        let gws = match group {
+            Some(g) => self.t.gateways_for(Names::Groups(&[g]))?,
+            None => self.t.gateways()?,
+        };
         self.select_on(&gws, p)
     }
 

@@ -8,6 +8,7 @@ mod client;
 mod client_id;
 pub(crate) mod context;
 mod gateway;
+pub(crate) mod membership;
 pub(crate) mod transport;
 
 pub use client::GatewayClient;

@@ -1,6 +1,8 @@
 //! A business worker's links to gateways, keyed by gateway inner address. Each link starts
 //! with `CMD_WORKER_CONNECT` queued before the connect (so it is the first packet on the
-//! wire, as GatewayWorker does); sends are queued and written once per loop turn.
+//! wire, as GatewayWorker does), then our `MEMBERSHIP_SUBSCRIBE`; sends are queued and
+//! written once per loop turn. Each link keeps the view of its gateway's uids and groups
+//! the notifications build (`api::membership`), which sends to uids and groups consult.
 
 use std::collections::HashMap;
 use std::io;
@@ -10,13 +12,14 @@ use std::time::{Duration, Instant};
 use mio::Registry;
 
 use crate::api::context::Links;
+use crate::api::membership::{Names, Tokens, View};
 use crate::api::transport::{ApiError, LocalGateways, Pkt};
 use crate::net::conn::{Conn, ReadEnd};
 use crate::net::link::{self, Target};
 use crate::net::table::{Owned, Table, conn_field};
 use crate::reactor::{InBuf, Ready};
 use crate::stats::conns::ConnInfo;
-use crate::wire::packet::{cmd, flag};
+use crate::wire::packet::{Packet, cmd, flag};
 
 /// One link to a gateway.
 struct GwLink {
@@ -27,6 +30,18 @@ struct GwLink {
     connected: bool,
     drain_requested: bool,
     acked: bool,
+    /// The gateway's uids and groups.
+    view: View,
+}
+
+impl GwLink {
+    /// Queue a `MEMBERSHIP_SUBSCRIBE` with a new token.
+    fn subscribe(&mut self, tokens: &mut Tokens) {
+        let token = tokens.next();
+        self.view.subscribe(token);
+        Pkt::new(cmd::MEMBERSHIP_SUBSCRIBE, 0, flag::BODY_IS_SCALAR, &token.to_be_bytes(), b"")
+            .encode_into(self.conn.out.vec());
+    }
 }
 
 impl Owned for GwLink {
@@ -42,11 +57,18 @@ pub struct GatewayLinks {
     by_addr: HashMap<SocketAddrV4, usize>,
     local: LocalGateways,
     connect_body: Vec<u8>,
+    tokens: Tokens,
 }
 
 impl GatewayLinks {
     pub fn new(local: LocalGateways, connect_body: Vec<u8>, base: usize) -> GatewayLinks {
-        GatewayLinks { table: Table::new(base, 0), by_addr: HashMap::new(), local, connect_body }
+        GatewayLinks {
+            table: Table::new(base, 0),
+            by_addr: HashMap::new(),
+            local,
+            connect_body,
+            tokens: Tokens::default(),
+        }
     }
 
     fn by_addr_mut(&mut self, gw: SocketAddrV4) -> Option<&mut GwLink> {
@@ -93,7 +115,16 @@ impl GatewayLinks {
         let mut conn = Conn::new(link::connect(&target)?);
         Pkt::new(cmd::WORKER_CONNECT, 0, flag::BODY_IS_SCALAR, b"", &self.connect_body)
             .encode_into(conn.out.vec());
-        let l = GwLink { addr: gw, target, conn, connected: false, drain_requested: false, acked: false };
+        let mut l = GwLink {
+            addr: gw,
+            target,
+            conn,
+            connected: false,
+            drain_requested: false,
+            acked: false,
+            view: View::default(),
+        };
+        l.subscribe(&mut self.tokens);
         let key = self.table.insert(reg, l)?;
         self.by_addr.insert(gw, key);
         Ok(key)
@@ -150,6 +181,19 @@ impl GatewayLinks {
         Some(l.addr)
     }
 
+    /// A `MEMBERSHIP` packet arrived on link `key`: update its view; subscribe again when
+    /// the gateway ended the subscription.
+    pub fn on_membership(&mut self, key: usize, p: &Packet<'_>) {
+        let Some(l) = self.table.get_mut(key) else { return };
+        if let Err(e) = l.view.apply(p.header.connection_id, p.body) {
+            log::warn!("business worker: gateway {}: {e}; sending to it whatever the names", l.addr);
+        }
+        if l.view.wants_subscribe() && l.connected {
+            l.subscribe(&mut self.tokens);
+            self.table.mark_dirty(key);
+        }
+    }
+
     pub fn set_acked(&mut self, key: usize) {
         if let Some(l) = self.table.get_mut(key) {
             l.acked = true;
@@ -188,6 +232,12 @@ impl GatewayLinks {
         }
         if let Some(l) = self.table.dirty_mut(key) {
             p.encode_into(l.conn.out.vec());
+            // A bind or a join: the gateway holds the name from now on, as far as this
+            // worker's next sends are concerned (they follow on this link).
+            l.view.sending(p.header.cmd, p.ext);
+            if l.view.wants_subscribe() {
+                l.subscribe(&mut self.tokens);
+            }
         }
         Ok(())
     }
@@ -233,6 +283,11 @@ impl GatewayLinks {
 impl Links for GatewayLinks {
     fn addresses(&self) -> Vec<SocketAddrV4> {
         self.table.iter().filter(|(_, l)| l.connected).map(|(_, l)| l.addr).collect()
+    }
+
+    fn holders(&self, names: Names<'_>) -> Vec<SocketAddrV4> {
+        let may = |l: &GwLink| l.connected && l.view.may_hold(names);
+        self.table.iter().filter(|(_, l)| may(l)).map(|(_, l)| l.addr).collect()
     }
 
     fn queue(&mut self, gw: SocketAddrV4, p: Pkt<'_>) -> Result<(), ApiError> {

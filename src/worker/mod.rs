@@ -339,6 +339,7 @@ impl Worker {
                 self.client_event(cx, p)
             }
             cmd::WORKER_DRAIN => self.links.set_acked(key),
+            cmd::MEMBERSHIP => self.links.on_membership(key, p),
             _ => {}
         }
     }

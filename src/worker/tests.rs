@@ -143,7 +143,7 @@ fn a_changed_session_is_written_back_to_its_gateway() {
     peer.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
     let mut got = Vec::new();
     let mut packets = Vec::new();
-    while packets.len() < 2 {
+    while packets.len() < 3 {
         let mut chunk = [0u8; 4096];
         let n = peer.read(&mut chunk).unwrap();
         assert!(n > 0, "link closed");
@@ -156,7 +156,8 @@ fn a_changed_session_is_written_back_to_its_gateway() {
         }
     }
     assert_eq!(packets[0].0, cmd::WORKER_CONNECT);
-    assert_eq!(packets[1], (cmd::SET_SESSION, 3, b"a:1:{s:4:\"seen\";i:1;}".to_vec()));
+    assert_eq!(packets[1].0, cmd::MEMBERSHIP_SUBSCRIBE);
+    assert_eq!(packets[2], (cmd::SET_SESSION, 3, b"a:1:{s:4:\"seen\";i:1;}".to_vec()));
     let mut arr = Array::new();
     arr.insert(Key::from_text("seen"), Value::Int(1));
     assert_eq!(
@@ -175,6 +176,80 @@ fn a_drain_acknowledgement_marks_its_link() {
     let (p, _) = packet::decode(&ack, MAX_PACKET).unwrap().unwrap();
     w.dispatch(&mut r.ctx(), key, &p);
     assert!(w.links.all_acked());
+}
+
+/// The next `n` or more packets `peer` receives (within 10 s): (cmd, ext).
+fn received(peer: &mut std::net::TcpStream, n: usize) -> Vec<(u8, Vec<u8>)> {
+    peer.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut got = Vec::new();
+    loop {
+        let mut packets = Vec::new();
+        let mut rest = &got[..];
+        while let Ok(Some((p, used))) = packet::decode(rest, MAX_PACKET) {
+            packets.push((p.header.cmd, p.ext.to_vec()));
+            rest = &rest[used..];
+        }
+        if packets.len() >= n {
+            return packets;
+        }
+        let mut chunk = [0u8; 4096];
+        let read = peer.read(&mut chunk).unwrap();
+        assert!(read > 0, "link closed");
+        got.extend_from_slice(&chunk[..read]);
+    }
+}
+
+/// A `MEMBERSHIP` packet with gateway count `count` and `ops`.
+fn membership(count: u32, ops: &[crate::wire::membership::Op<'_>]) -> Vec<u8> {
+    let mut body = Vec::new();
+    ops.iter().for_each(|op| op.encode(&mut body));
+    let mut v = Vec::new();
+    packet::encode(
+        &mut v,
+        &packet::Header::command(cmd::MEMBERSHIP, count, flag::BODY_IS_SCALAR),
+        b"",
+        &body,
+    );
+    v
+}
+
+#[test]
+fn a_link_sends_to_uids_only_where_its_gateway_holds_them() {
+    use crate::api::context::Links as _;
+    use crate::api::membership::Names;
+    use crate::wire::membership::{Kind, Op};
+    let (mut w, mut r, _) = worker();
+    let (mut peer, addr, key) = linked(&mut w, &mut r);
+    let u1 = Names::Uids(&["u1"]);
+    // Before the snapshot: the gateway may hold anything.
+    assert_eq!(w.links.holders(u1), [addr]);
+    assert!(w.links.flush_dirty().is_empty());
+    let sent = received(&mut peer, 2);
+    assert_eq!(sent[1].0, cmd::MEMBERSHIP_SUBSCRIBE);
+    let token = sent[1].1.clone();
+    let on = |w: &mut Worker, r: &mut Reactor<Timer>, bytes: Vec<u8>| {
+        let (p, _) = packet::decode(&bytes, MAX_PACKET).unwrap().unwrap();
+        w.dispatch(&mut r.ctx(), key, &p);
+    };
+    on(&mut w, &mut r, membership(0, &[Op::Snapshot(&token), Op::Held(Kind::Group, b"g"), Op::End]));
+    assert!(w.links.holders(u1).is_empty());
+    assert_eq!(w.links.holders(Names::Groups(&["g"])), [addr]);
+    // Our own bind: at once.
+    let bind = Pkt::new(cmd::BIND_UID, 9, flag::BODY_IS_SCALAR, b"u1", b"");
+    w.links.queue_to(addr, bind).unwrap();
+    assert_eq!(w.links.holders(u1), [addr]);
+    // The gateway ran it (count 1): its word from then on.
+    on(&mut w, &mut r, membership(1, &[Op::Held(Kind::Uid, b"u1")]));
+    on(&mut w, &mut r, membership(1, &[Op::Gone(Kind::Uid, b"u1")]));
+    assert!(w.links.holders(u1).is_empty());
+    // A reset: everything, and a new subscription on the link.
+    on(&mut w, &mut r, membership(1, &[Op::Reset]));
+    assert_eq!(w.links.holders(u1), [addr]);
+    assert!(w.links.flush_dirty().is_empty());
+    let sent = received(&mut peer, 2);
+    assert_eq!(sent[0].0, cmd::BIND_UID);
+    assert_eq!(sent[1].0, cmd::MEMBERSHIP_SUBSCRIBE);
+    assert_ne!(sent[1].1, token, "a new token");
 }
 
 /// How many messages of connection `id` the application saw, and the position of the last.
