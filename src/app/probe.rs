@@ -2,7 +2,8 @@
 //! integration tests and handy to explore a running cluster with a websocket console.
 //!
 //! Request: `{"op":"<api method>","tag":<any>, ...arguments}`; reply to the sender:
-//! `{"op":..,"tag":..,"ok":<result>}` or `{"op":..,"tag":..,"err":"<message>"}`.
+//! `{"op":..,"tag":..,"ok":<result>}` or `{"op":..,"tag":..,"err":"<message>"}`. Op
+//! `batch` runs the requests of its `ops` list in one callback, in order (results as a list).
 //! Arguments: `id` (a client_id, default: the sender), `msg`, `uid`, `uids`, `group`,
 //! `groups`, `only`, `exclude`, `raw`, `binary`, `session`, `key`, `value`.
 //! A client whose handshake URL has `probe_ws=1` gets its `on_websocket_connect` data as
@@ -129,6 +130,15 @@ impl Probe {
     fn run(&self, ctx: &mut Context<'_>, me: ClientId, r: &Json) -> Result<Json, ApiError> {
         let a = Args::read(me, r)?;
         let op = text(r, "op");
+        if op == "batch" {
+            // Several ops in one callback, in order: `{"op":"batch","ops":[{..},{..}]}`.
+            let ops = r.get("ops").and_then(Json::as_array).map(Vec::as_slice).unwrap_or_default();
+            return ops
+                .iter()
+                .map(|sub| self.run(ctx, me, sub))
+                .collect::<Result<Vec<_>, _>>()
+                .map(Json::Array);
+        }
         match act(ctx, &a, r, &op)? {
             Some(v) => Ok(v),
             None => query(ctx, &a, &op),
